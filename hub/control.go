@@ -1,0 +1,208 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
+
+	"github.com/dsproxy/dsproxy/hub/registry"
+	"github.com/dsproxy/dsproxy/internal/wire"
+)
+
+// session is a device's control session: a yamux client over the device's
+// WebSocket.
+type session struct {
+	deviceID string
+	mux      *yamux.Session
+	ws       *websocket.Conn
+	log      zerolog.Logger
+}
+
+// errSessionGone reports a control session that ended while a request was
+// being delivered over it.
+var errSessionGone = errors.New("device session closed")
+
+// request delivers one stream request over the session and returns the
+// device's answer. The request must reach the device within deliver; ctx
+// bounds the whole exchange.
+func (c *session) request(ctx context.Context, req *wire.StreamRequest, deliver time.Duration) (wire.StreamResponse, error) {
+	st, err := c.mux.OpenStream()
+	if err != nil {
+		return wire.StreamResponse{}, fmt.Errorf("open control stream: %w", errSessionGone)
+	}
+	defer st.Close()
+	_ = st.SetWriteDeadline(time.Now().Add(deliver))
+	if dl, ok := ctx.Deadline(); ok {
+		_ = st.SetReadDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+
+	var resp wire.StreamResponse
+	err = wire.WriteMessage(st, req)
+	if err == nil {
+		err = wire.ReadMessage(st, &resp)
+	}
+	if err == nil {
+		err = resp.Validate()
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return resp, ctx.Err()
+		}
+		if c.mux.IsClosed() || errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrConnectionReset) || errors.Is(err, yamux.ErrSessionShutdown) {
+			return resp, fmt.Errorf("%w: %v", errSessionGone, err)
+		}
+		var ne interface{ Timeout() bool }
+		if errors.As(err, &ne) && ne.Timeout() {
+			return resp, context.DeadlineExceeded
+		}
+		return resp, fmt.Errorf("device answer: %w", err)
+	}
+	return resp, nil
+}
+
+// ready tells the device that stream requests now reach it.
+func (c *session) ready() error {
+	st, err := c.mux.OpenStream()
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return wire.WriteMessage(st, &wire.SessionReady{DeviceID: c.deviceID})
+}
+
+func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if aerr := checkDeviceID(id); aerr != nil {
+		s.writeError(w, r, aerr.status, aerr)
+		return
+	}
+	p, ok := s.require(w, r, "/devices/"+id, registry.DeviceConnect)
+	if !ok {
+		return
+	}
+	if p.deviceID != id {
+		s.writeError(w, r, http.StatusForbidden, errForbidden(fmt.Sprintf("a control session needs the token of device %q itself", id)))
+		return
+	}
+	if !slices.Contains(headerTokens(r.Header, "Sec-WebSocket-Protocol"), wire.ControlSubprotocol) {
+		s.writeError(w, r, http.StatusBadRequest, errBadRequest("a control session needs the WebSocket subprotocol "+wire.ControlSubprotocol))
+		return
+	}
+	if !s.track() {
+		s.writeError(w, r, http.StatusServiceUnavailable, &apiError{http.StatusServiceUnavailable, wire.CodeServiceUnavailable, "ServiceUnavailable", "hub is shutting down"})
+		return
+	}
+	defer s.conns.Done()
+
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:       []string{wire.ControlSubprotocol},
+		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
+	})
+	if err != nil {
+		s.log.Debug().Err(err).Str(fieldDevice, id).Msg("control upgrade failed")
+		return
+	}
+	// The session outlives this request: its lifetime is the hub's.
+	ctx := s.ctx
+	nc := websocket.NetConn(ctx, ws, websocket.MessageBinary)
+	ycfg := yamux.DefaultConfig()
+	ycfg.EnableKeepAlive = true
+	ycfg.KeepAliveInterval = s.cfg.KeepAliveInterval
+	ycfg.ConnectionWriteTimeout = s.cfg.ConnectionWriteTimeout
+	ycfg.StreamOpenTimeout = s.cfg.ConnectionWriteTimeout
+	ycfg.LogOutput = io.Discard
+	mux, err := yamux.Client(nc, ycfg)
+	if err != nil {
+		ws.CloseNow()
+		return
+	}
+	c := &session{
+		deviceID: id,
+		mux:      mux,
+		ws:       ws,
+		log:      s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger(),
+	}
+	if old := s.addSession(c); old != nil {
+		old.log.Info().Msg("device session replaced by a newer one")
+		old.mux.Close()
+	}
+	if err := c.ready(); err != nil {
+		c.log.Debug().Err(err).Msg("session ended before it was ready")
+		mux.Close()
+	} else {
+		c.log.Info().Msg("device connected")
+	}
+	select {
+	case <-mux.CloseChan():
+	case <-ctx.Done():
+	}
+	mux.Close()
+	ws.Close(websocket.StatusGoingAway, "session ended")
+	if s.removeSession(c) {
+		c.log.Info().Msg("device disconnected")
+	}
+}
+
+// addSession makes c the device's current session and returns the one it
+// replaces, if any.
+func (s *Server) addSession(c *session) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.sessions[c.deviceID]
+	s.sessions[c.deviceID] = c
+	return old
+}
+
+// removeSession forgets c if it is still the device's current session.
+func (s *Server) removeSession(c *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[c.deviceID] != c {
+		return false
+	}
+	delete(s.sessions, c.deviceID)
+	return true
+}
+
+// sessionFor returns the device's current session, or nil.
+func (s *Server) sessionFor(id string) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[id]
+}
+
+// dropSession closes the device's session, if any (after the device was
+// disabled or deleted).
+func (s *Server) dropSession(id string) {
+	if c := s.sessionFor(id); c != nil {
+		c.log.Info().Msg("closing session of disabled or deleted device")
+		c.mux.Close()
+	}
+}
+
+// connected reports whether the device holds a session.
+func (s *Server) connected(id string) bool { return s.sessionFor(id) != nil }
+
+// headerTokens splits a comma-separated header into its trimmed tokens.
+func headerTokens(h http.Header, name string) []string {
+	var out []string
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,245 @@
+package hub
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/dsproxy/dsproxy/hub/registry"
+	"github.com/dsproxy/dsproxy/internal/sas"
+	"github.com/dsproxy/dsproxy/internal/wire"
+)
+
+// DeviceJSON is a device as the registry REST API shows it, shaped like
+// Azure IoT Hub's device identity.
+type DeviceJSON struct {
+	DeviceID        string         `json:"deviceId"`
+	GenerationID    string         `json:"generationId,omitempty"`
+	ETag            string         `json:"etag,omitempty"`
+	ConnectionState string         `json:"connectionState,omitempty"`
+	Status          string         `json:"status,omitempty"`
+	StatusReason    string         `json:"statusReason,omitempty"`
+	StatusUpdated   string         `json:"statusUpdatedTime,omitempty"`
+	Authentication  Authentication `json:"authentication"`
+}
+
+// Authentication is the authentication block of a [DeviceJSON].
+type Authentication struct {
+	SymmetricKey SymmetricKey `json:"symmetricKey"`
+	Type         string       `json:"type"`
+}
+
+// SymmetricKey holds a device's two keys.
+type SymmetricKey struct {
+	PrimaryKey   string `json:"primaryKey"`
+	SecondaryKey string `json:"secondaryKey"`
+}
+
+// maxBodyBytes bounds a registry request body.
+const maxBodyBytes = 64 << 10
+
+func (s *Server) deviceJSON(d registry.Device) DeviceJSON {
+	state := "Disconnected"
+	if s.connected(d.ID) {
+		state = "Connected"
+	}
+	return DeviceJSON{
+		DeviceID:        d.ID,
+		GenerationID:    d.Generation,
+		ETag:            d.ETag,
+		ConnectionState: state,
+		Status:          string(d.Status),
+		StatusReason:    d.StatusReason,
+		StatusUpdated:   d.Updated.UTC().Format(time.RFC3339),
+		Authentication: Authentication{
+			SymmetricKey: SymmetricKey{PrimaryKey: d.PrimaryKey, SecondaryKey: d.SecondaryKey},
+			Type:         "sas",
+		},
+	}
+}
+
+func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.require(w, r, "", registry.RegistryRead); !ok {
+		return
+	}
+	devs, err := s.reg.ListDevices(r.Context())
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	out := make([]DeviceJSON, 0, len(devs))
+	for _, d := range devs {
+		out = append(out, s.deviceJSON(d))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if aerr := checkDeviceID(id); aerr != nil {
+		s.writeError(w, r, aerr.status, aerr)
+		return
+	}
+	if _, ok := s.require(w, r, "/devices/"+id, registry.RegistryRead); !ok {
+		return
+	}
+	d, err := s.reg.GetDevice(r.Context(), id)
+	if err != nil {
+		s.registryError(w, r, id, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.deviceJSON(d))
+}
+
+// handlePutDevice creates a device, or updates it when If-Match is given
+// (Azure semantics: without If-Match an existing device is a conflict).
+// Keys left empty are generated.
+func (s *Server) handlePutDevice(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if aerr := checkDeviceID(id); aerr != nil {
+		s.writeError(w, r, aerr.status, aerr)
+		return
+	}
+	if _, ok := s.require(w, r, "/devices/"+id, registry.RegistryWrite); !ok {
+		return
+	}
+	var in DeviceJSON
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		s.writeError(w, r, http.StatusRequestEntityTooLarge, &apiError{http.StatusRequestEntityTooLarge, wire.CodeRequestTooLarge, "MessageTooLarge", "request body too large"})
+		return
+	}
+	if len(body) > 0 {
+		if err := json.Unmarshal(body, &in); err != nil {
+			s.writeError(w, r, http.StatusBadRequest, errBadRequest(fmt.Sprintf("device JSON: %v", err)))
+			return
+		}
+	}
+	if in.DeviceID != "" && in.DeviceID != id {
+		s.writeError(w, r, http.StatusBadRequest, errBadRequest(fmt.Sprintf("deviceId %q in the body does not match %q in the path", in.DeviceID, id)))
+		return
+	}
+	d := registry.Device{
+		ID:           id,
+		Status:       registry.StatusEnabled,
+		StatusReason: in.StatusReason,
+		PrimaryKey:   in.Authentication.SymmetricKey.PrimaryKey,
+		SecondaryKey: in.Authentication.SymmetricKey.SecondaryKey,
+	}
+	switch in.Status {
+	case "", "enabled":
+	case "disabled":
+		d.Status = registry.StatusDisabled
+	default:
+		s.writeError(w, r, http.StatusBadRequest, errBadRequest(fmt.Sprintf("status %q: want enabled or disabled", in.Status)))
+		return
+	}
+	for _, k := range []*string{&d.PrimaryKey, &d.SecondaryKey} {
+		if *k == "" {
+			*k = sas.NewKey()
+			continue
+		}
+		raw, err := sas.DecodeKey(*k)
+		if err != nil || len(raw) < 16 || len(raw) > 64 {
+			s.writeError(w, r, http.StatusBadRequest, errBadRequest("symmetric keys must be base64 of 16 to 64 bytes"))
+			return
+		}
+	}
+
+	ifMatch := r.Header.Get("If-Match")
+	var out registry.Device
+	if ifMatch == "" {
+		out, err = s.reg.CreateDevice(r.Context(), d)
+	} else {
+		out, err = s.reg.UpdateDevice(r.Context(), d, unquoteETag(ifMatch))
+	}
+	if err != nil {
+		s.registryError(w, r, id, err)
+		return
+	}
+	if out.Status != registry.StatusEnabled {
+		s.dropSession(id)
+	}
+	s.log.Info().Str(fieldDevice, id).Str("status", string(out.Status)).Msg("device saved")
+	writeJSON(w, http.StatusOK, s.deviceJSON(out))
+}
+
+func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if aerr := checkDeviceID(id); aerr != nil {
+		s.writeError(w, r, aerr.status, aerr)
+		return
+	}
+	if _, ok := s.require(w, r, "/devices/"+id, registry.RegistryWrite); !ok {
+		return
+	}
+	if err := s.reg.DeleteDevice(r.Context(), id, unquoteETag(r.Header.Get("If-Match"))); err != nil {
+		s.registryError(w, r, id, err)
+		return
+	}
+	s.dropSession(id)
+	s.log.Info().Str(fieldDevice, id).Msg("device deleted")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// HubJSON describes the hub's endpoints, like `az iot hub devicestream show`.
+type HubJSON struct {
+	HostName           string   `json:"hostName"`
+	StreamingEndpoints []string `json:"streamingEndpoints"`
+}
+
+func (s *Server) handleHub(w http.ResponseWriter, r *http.Request) {
+	p, aerr := s.authenticate(r.Context(), r, "")
+	if aerr != nil && p.deviceID == "" {
+		// Device tokens cover only their device; they may still read this.
+		if p2, aerr2 := s.authenticate(r.Context(), r, deviceTarget(r)); aerr2 == nil {
+			p, aerr = p2, nil
+		}
+	}
+	if aerr != nil {
+		s.writeError(w, r, aerr.status, aerr)
+		return
+	}
+	writeJSON(w, http.StatusOK, HubJSON{HostName: s.addr, StreamingEndpoints: []string{"https://" + s.addr}})
+}
+
+// deviceTarget is the resource path a device token would cover, taken from
+// the token itself.
+func deviceTarget(r *http.Request) string {
+	tok, err := sas.ParseToken(r.Header.Get("Authorization"))
+	if err != nil {
+		return ""
+	}
+	if id, ok := deviceFromResource(tok.Resource); ok {
+		return "/devices/" + id
+	}
+	return ""
+}
+
+func unquoteETag(v string) string {
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		return v[1 : len(v)-1]
+	}
+	return v
+}
+
+func (s *Server) registryError(w http.ResponseWriter, r *http.Request, id string, err error) {
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		s.writeError(w, r, http.StatusNotFound, &apiError{http.StatusNotFound, wire.CodeDeviceNotFound, "DeviceNotFound", fmt.Sprintf("device %q is not registered", id)})
+	case errors.Is(err, registry.ErrExists):
+		s.writeError(w, r, http.StatusConflict, &apiError{http.StatusConflict, wire.CodeDeviceExists, "DeviceAlreadyExists", fmt.Sprintf("device %q already exists (send If-Match: * to update it)", id)})
+	case errors.Is(err, registry.ErrPrecondition):
+		s.writeError(w, r, http.StatusPreconditionFailed, &apiError{http.StatusPreconditionFailed, wire.CodePreconditionFailed, "PreconditionFailed", fmt.Sprintf("device %q changed since the given etag", id)})
+	default:
+		s.internalError(w, r, err)
+	}
+}
+
+func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
+	s.log.Error().Err(err).Str("path", r.URL.Path).Msg("registry request failed")
+	s.writeError(w, r, http.StatusInternalServerError, &apiError{http.StatusInternalServerError, wire.CodeInternal, "ServerError", "internal error"})
+}

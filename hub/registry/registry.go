@@ -1,0 +1,177 @@
+// Package registry is the hub's store: the device identity registry, the
+// shared access policies, and the stream event log (the equivalent of Azure
+// IoT Hub's DeviceStreams resource logs).
+//
+// [Store] is an interface so that several hub replicas can later share one
+// PostgreSQL database; a single node uses the embedded SQLite store from
+// [OpenSQLite]. Every implementation follows the same contract, written on the
+// interface methods, and is checked by the same test suite.
+//
+// Device IDs and policy names are compared case-sensitively, as in Azure IoT
+// Hub. Times are kept to microsecond precision, in UTC.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Errors returned by a [Store], wrapped; test for them with [errors.Is].
+var (
+	// ErrNotFound means the device or policy does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists means a device with that ID already exists.
+	ErrExists = errors.New("already exists")
+	// ErrPrecondition means a conditional update or delete named an ETag
+	// that is not the device's current one (HTTP 412).
+	ErrPrecondition = errors.New("etag mismatch")
+)
+
+// Rights is the set of permissions a shared access policy grants, as in
+// Azure IoT Hub. A device key grants only DeviceConnect, for that device.
+type Rights uint8
+
+// The rights of Azure IoT Hub's shared access policies.
+const (
+	RegistryRead Rights = 1 << iota
+	RegistryWrite
+	ServiceConnect
+	DeviceConnect
+)
+
+var rightNames = [...]struct {
+	r    Rights
+	name string
+}{
+	{RegistryRead, "RegistryRead"},
+	{RegistryWrite, "RegistryWrite"},
+	{ServiceConnect, "ServiceConnect"},
+	{DeviceConnect, "DeviceConnect"},
+}
+
+// Has reports whether r includes every right in want.
+func (r Rights) Has(want Rights) bool { return r&want == want }
+
+// String returns the Azure names of the rights in r joined with ", ", as in
+// "RegistryRead, ServiceConnect" (the form of Azure's policy JSON). Unknown
+// bits are shown in hex; no rights at all is "".
+func (r Rights) String() string {
+	var names []string
+	for _, n := range rightNames {
+		if r&n.r != 0 {
+			names = append(names, n.name)
+			r &^= n.r
+		}
+	}
+	if r != 0 {
+		names = append(names, fmt.Sprintf("%#x", uint8(r)))
+	}
+	return strings.Join(names, ", ")
+}
+
+// Status is whether a device may connect.
+type Status string
+
+// Device statuses, spelled as in Azure's JSON.
+const (
+	StatusEnabled  Status = "enabled"
+	StatusDisabled Status = "disabled"
+)
+
+// Device is a registered device identity.
+//
+// On CreateDevice and UpdateDevice an empty Status means StatusEnabled, as in
+// Azure. The store keeps the keys it is given; it does not generate them.
+type Device struct {
+	ID           string
+	Status       Status
+	StatusReason string
+	PrimaryKey   string // base64
+	SecondaryKey string // base64
+	// ETag is opaque and changes on every update. It is never "" or "*",
+	// and it carries no HTTP quotes: adding them is the REST layer's job.
+	ETag string
+	// Generation is Azure's generationId: set at creation, never changed,
+	// different for a device deleted and created again with the same ID.
+	Generation string
+	Created    time.Time
+	Updated    time.Time
+}
+
+// Policy is a shared access policy: a named pair of keys granting Rights.
+type Policy struct {
+	Name         string
+	PrimaryKey   string // base64
+	SecondaryKey string // base64
+	Rights       Rights
+}
+
+// StreamEvent records one stream, written when it ends or fails to start.
+type StreamEvent struct {
+	ID        int64 // assigned by the store; ignored by AddStreamEvent
+	StreamID  string
+	DeviceID  string
+	Policy    string // the policy that initiated the stream
+	Name      string // stream name
+	Result    string // e.g. "accepted", "rejected", "unavailable", "timeout", "ended"
+	Reason    string
+	BytesUp   int64 // service -> device
+	BytesDown int64 // device -> service
+	Started   time.Time
+	Duration  time.Duration
+}
+
+// EventFilter selects stream events. Zero values select everything.
+type EventFilter struct {
+	DeviceID string    // only this device (exact match)
+	Since    time.Time // only events that started at or after Since
+	Limit    int       // at most this many; 0 (or less) means 1000
+}
+
+// defaultEventLimit is the number of events StreamEvents returns when the
+// filter's Limit is 0.
+const defaultEventLimit = 1000
+
+// Store is the hub's registry. It is safe for concurrent use.
+//
+// Errors are wrapped with the operation and the device ID or policy name;
+// they never contain keys.
+type Store interface {
+	// GetDevice returns the device, or ErrNotFound.
+	GetDevice(ctx context.Context, id string) (Device, error)
+	// ListDevices returns every device, ordered by ID (bytewise).
+	ListDevices(ctx context.Context) ([]Device, error)
+	// CreateDevice stores a new device and returns it with ETag,
+	// Generation, Created and Updated set (any given values are ignored).
+	// It returns ErrExists if the ID is taken.
+	CreateDevice(ctx context.Context, d Device) (Device, error)
+	// UpdateDevice replaces the Status, StatusReason and keys of device
+	// d.ID and returns it with a new ETag and Updated. ifMatch "" or "*"
+	// updates unconditionally; any other value must equal the current ETag
+	// (HTTP quotes around it are ignored) or the update fails with
+	// ErrPrecondition. It returns ErrNotFound if
+	// the device does not exist.
+	UpdateDevice(ctx context.Context, d Device, ifMatch string) (Device, error)
+	// DeleteDevice deletes the device, with the same ifMatch rules as
+	// UpdateDevice. It returns ErrNotFound if the device does not exist.
+	DeleteDevice(ctx context.Context, id string, ifMatch string) error
+
+	// GetPolicy returns the policy, or ErrNotFound.
+	GetPolicy(ctx context.Context, name string) (Policy, error)
+	// ListPolicies returns every policy, ordered by name.
+	ListPolicies(ctx context.Context) ([]Policy, error)
+	// PutPolicy creates the policy or replaces the one with the same name.
+	PutPolicy(ctx context.Context, p Policy) error
+
+	// AddStreamEvent appends e to the stream event log.
+	AddStreamEvent(ctx context.Context, e StreamEvent) error
+	// StreamEvents returns the events matching f, newest first (by
+	// Started, then by ID).
+	StreamEvents(ctx context.Context, f EventFilter) ([]StreamEvent, error)
+
+	// Close releases the store. Calls made after Close fail.
+	Close() error
+}

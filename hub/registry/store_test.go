@@ -1,0 +1,633 @@
+package registry_test
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dsproxy/dsproxy/hub/registry"
+)
+
+// testStore is the contract every Store implementation must meet. open
+// returns a new, empty store; it registers the store's Close with t.Cleanup.
+func testStore(t *testing.T, open func(t *testing.T) registry.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s registry.Store)
+	}{
+		{"DeviceCRUD", testDeviceCRUD},
+		{"DeviceIDCaseSensitive", testDeviceIDCaseSensitive},
+		{"DeviceExists", testDeviceExists},
+		{"DeviceNotFound", testDeviceNotFound},
+		{"DeviceStatus", testDeviceStatus},
+		{"IfMatch", testIfMatch},
+		{"Policies", testPolicies},
+		{"EnsureDefaultPolicies", testEnsureDefaultPolicies},
+		{"EnsureDefaultPoliciesKeepsExisting", testEnsureDefaultPoliciesKeepsExisting},
+		{"StreamEvents", testStreamEvents},
+		{"StreamEventsDefaultLimit", testStreamEventsDefaultLimit},
+		{"ConcurrentCreates", testConcurrentCreates},
+		{"NoKeysInErrors", testNoKeysInErrors},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.fn(t, open(t))
+		})
+	}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func mustKey(t *testing.T, seed string) string {
+	t.Helper()
+	return base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%-32s", seed)))
+}
+
+func testDeviceCRUD(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	before := time.Now().Add(-time.Second)
+
+	in := registry.Device{
+		ID:           "dev-1",
+		Status:       registry.StatusEnabled,
+		PrimaryKey:   mustKey(t, "p1"),
+		SecondaryKey: mustKey(t, "s1"),
+		ETag:         "ignored",
+		Generation:   "ignored",
+	}
+	created, err := s.CreateDevice(ctx, in)
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	if created.ETag == "" || created.ETag == "ignored" || created.ETag == "*" {
+		t.Errorf("ETag = %q, want a fresh one", created.ETag)
+	}
+	if created.Generation == "" || created.Generation == "ignored" {
+		t.Errorf("Generation = %q, want a fresh one", created.Generation)
+	}
+	if created.Created.Before(before) || !created.Updated.Equal(created.Created) {
+		t.Errorf("Created = %v, Updated = %v, want now and equal", created.Created, created.Updated)
+	}
+	if created.ID != in.ID || created.PrimaryKey != in.PrimaryKey || created.SecondaryKey != in.SecondaryKey {
+		t.Errorf("CreateDevice = %+v, want the fields of %+v", created, in)
+	}
+
+	got, err := s.GetDevice(ctx, "dev-1")
+	if err != nil {
+		t.Fatalf("GetDevice: %v", err)
+	}
+	assertDevice(t, got, created)
+
+	if _, err := s.CreateDevice(ctx, registry.Device{ID: "dev-0"}); err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	if _, err := s.CreateDevice(ctx, registry.Device{ID: "dev-2"}); err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	list, err := s.ListDevices(ctx)
+	if err != nil {
+		t.Fatalf("ListDevices: %v", err)
+	}
+	if ids := deviceIDs(list); !slices.Equal(ids, []string{"dev-0", "dev-1", "dev-2"}) {
+		t.Errorf("ListDevices IDs = %q, want ordered by ID", ids)
+	}
+	assertDevice(t, list[1], created)
+
+	upd := got
+	upd.Status = registry.StatusDisabled
+	upd.StatusReason = "stolen"
+	upd.PrimaryKey = mustKey(t, "p2")
+	upd.SecondaryKey = mustKey(t, "s2")
+	upd.Generation = "changed"
+	upd.Created = time.Time{}
+	updated, err := s.UpdateDevice(ctx, upd, "")
+	if err != nil {
+		t.Fatalf("UpdateDevice: %v", err)
+	}
+	if updated.ETag == created.ETag {
+		t.Errorf("UpdateDevice kept ETag %q, want a new one", updated.ETag)
+	}
+	if updated.Generation != created.Generation || !updated.Created.Equal(created.Created) {
+		t.Errorf("UpdateDevice changed Generation/Created: %q %v, want %q %v",
+			updated.Generation, updated.Created, created.Generation, created.Created)
+	}
+	if updated.Updated.Before(created.Updated) {
+		t.Errorf("Updated = %v, before the creation's %v", updated.Updated, created.Updated)
+	}
+	if updated.Status != registry.StatusDisabled || updated.StatusReason != "stolen" ||
+		updated.PrimaryKey != upd.PrimaryKey || updated.SecondaryKey != upd.SecondaryKey {
+		t.Errorf("UpdateDevice = %+v, want status, reason and keys of %+v", updated, upd)
+	}
+	got, err = s.GetDevice(ctx, "dev-1")
+	if err != nil {
+		t.Fatalf("GetDevice: %v", err)
+	}
+	assertDevice(t, got, updated)
+
+	if err := s.DeleteDevice(ctx, "dev-1", ""); err != nil {
+		t.Fatalf("DeleteDevice: %v", err)
+	}
+	if _, err := s.GetDevice(ctx, "dev-1"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("GetDevice after delete: %v, want ErrNotFound", err)
+	}
+	list, err = s.ListDevices(ctx)
+	if err != nil {
+		t.Fatalf("ListDevices: %v", err)
+	}
+	if ids := deviceIDs(list); !slices.Equal(ids, []string{"dev-0", "dev-2"}) {
+		t.Errorf("ListDevices IDs after delete = %q", ids)
+	}
+
+	// Created again: a new generation, as in Azure.
+	again, err := s.CreateDevice(ctx, registry.Device{ID: "dev-1"})
+	if err != nil {
+		t.Fatalf("CreateDevice again: %v", err)
+	}
+	if again.Generation == created.Generation {
+		t.Errorf("recreated device kept Generation %q", again.Generation)
+	}
+}
+
+func testDeviceIDCaseSensitive(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	for _, id := range []string{"Dev", "dev", "DEV"} {
+		if _, err := s.CreateDevice(ctx, registry.Device{ID: id, StatusReason: id}); err != nil {
+			t.Fatalf("CreateDevice(%q): %v", id, err)
+		}
+	}
+	for _, id := range []string{"Dev", "dev", "DEV"} {
+		d, err := s.GetDevice(ctx, id)
+		if err != nil {
+			t.Fatalf("GetDevice(%q): %v", id, err)
+		}
+		if d.StatusReason != id {
+			t.Errorf("GetDevice(%q) returned %q", id, d.StatusReason)
+		}
+	}
+	if _, err := s.GetDevice(ctx, "dEv"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("GetDevice(dEv): %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteDevice(ctx, "dev", ""); err != nil {
+		t.Fatalf("DeleteDevice: %v", err)
+	}
+	list, err := s.ListDevices(ctx)
+	if err != nil {
+		t.Fatalf("ListDevices: %v", err)
+	}
+	if ids := deviceIDs(list); !slices.Equal(ids, []string{"DEV", "Dev"}) {
+		t.Errorf("ListDevices IDs = %q, want [DEV Dev]", ids)
+	}
+}
+
+func testDeviceExists(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	first, err := s.CreateDevice(ctx, registry.Device{ID: "d", PrimaryKey: mustKey(t, "first")})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	_, err = s.CreateDevice(ctx, registry.Device{ID: "d", PrimaryKey: mustKey(t, "second")})
+	if !errors.Is(err, registry.ErrExists) {
+		t.Fatalf("second CreateDevice: %v, want ErrExists", err)
+	}
+	got, err := s.GetDevice(ctx, "d")
+	if err != nil {
+		t.Fatalf("GetDevice: %v", err)
+	}
+	assertDevice(t, got, first)
+	if _, err := s.CreateDevice(ctx, registry.Device{}); err == nil {
+		t.Errorf("CreateDevice with an empty ID succeeded")
+	}
+}
+
+func testDeviceNotFound(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	if _, err := s.GetDevice(ctx, "nope"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("GetDevice: %v, want ErrNotFound", err)
+	}
+	for _, ifMatch := range []string{"", "*", "some-etag"} {
+		if _, err := s.UpdateDevice(ctx, registry.Device{ID: "nope"}, ifMatch); !errors.Is(err, registry.ErrNotFound) {
+			t.Errorf("UpdateDevice(ifMatch %q): %v, want ErrNotFound", ifMatch, err)
+		}
+		if err := s.DeleteDevice(ctx, "nope", ifMatch); !errors.Is(err, registry.ErrNotFound) {
+			t.Errorf("DeleteDevice(ifMatch %q): %v, want ErrNotFound", ifMatch, err)
+		}
+	}
+	list, err := s.ListDevices(ctx)
+	if err != nil || len(list) != 0 {
+		t.Errorf("ListDevices on an empty store = %v, %v; want none", list, err)
+	}
+}
+
+func testDeviceStatus(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	d, err := s.CreateDevice(ctx, registry.Device{ID: "d"})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	if d.Status != registry.StatusEnabled {
+		t.Errorf("default Status = %q, want enabled", d.Status)
+	}
+	if got, _ := s.GetDevice(ctx, "d"); got.Status != registry.StatusEnabled {
+		t.Errorf("stored default Status = %q, want enabled", got.Status)
+	}
+	if _, err := s.CreateDevice(ctx, registry.Device{ID: "e", Status: "bogus"}); err == nil {
+		t.Errorf("CreateDevice with status bogus succeeded")
+	}
+	d.Status = "Enabled"
+	if _, err := s.UpdateDevice(ctx, d, ""); err == nil {
+		t.Errorf("UpdateDevice with status Enabled succeeded")
+	}
+}
+
+func testIfMatch(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	v1, err := s.CreateDevice(ctx, registry.Device{ID: "d"})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	v2, err := s.UpdateDevice(ctx, registry.Device{ID: "d", StatusReason: "v2"}, v1.ETag)
+	if err != nil {
+		t.Fatalf("UpdateDevice with the current ETag: %v", err)
+	}
+	_, err = s.UpdateDevice(ctx, registry.Device{ID: "d", StatusReason: "stale"}, v1.ETag)
+	if !errors.Is(err, registry.ErrPrecondition) {
+		t.Fatalf("UpdateDevice with a stale ETag: %v, want ErrPrecondition", err)
+	}
+	if got, _ := s.GetDevice(ctx, "d"); got.StatusReason != "v2" || got.ETag != v2.ETag {
+		t.Errorf("a failed conditional update changed the device: %+v", got)
+	}
+	v3, err := s.UpdateDevice(ctx, registry.Device{ID: "d", StatusReason: "v3"}, `"`+v2.ETag+`"`)
+	if err != nil {
+		t.Fatalf("UpdateDevice with the quoted current ETag: %v", err)
+	}
+	v4, err := s.UpdateDevice(ctx, registry.Device{ID: "d", StatusReason: "v4"}, "*")
+	if err != nil {
+		t.Fatalf("UpdateDevice with *: %v", err)
+	}
+	if len(map[string]bool{v1.ETag: true, v2.ETag: true, v3.ETag: true, v4.ETag: true}) != 4 {
+		t.Errorf("ETags repeat: %q %q %q %q", v1.ETag, v2.ETag, v3.ETag, v4.ETag)
+	}
+
+	if err := s.DeleteDevice(ctx, "d", v3.ETag); !errors.Is(err, registry.ErrPrecondition) {
+		t.Fatalf("DeleteDevice with a stale ETag: %v, want ErrPrecondition", err)
+	}
+	if _, err := s.GetDevice(ctx, "d"); err != nil {
+		t.Fatalf("a failed conditional delete removed the device: %v", err)
+	}
+	if err := s.DeleteDevice(ctx, "d", v4.ETag); err != nil {
+		t.Fatalf("DeleteDevice with the current ETag: %v", err)
+	}
+	if _, err := s.GetDevice(ctx, "d"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("GetDevice after delete: %v, want ErrNotFound", err)
+	}
+
+	if _, err := s.CreateDevice(ctx, registry.Device{ID: "e"}); err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	if err := s.DeleteDevice(ctx, "e", "*"); err != nil {
+		t.Fatalf("DeleteDevice with *: %v", err)
+	}
+}
+
+func testPolicies(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	if _, err := s.GetPolicy(ctx, "p"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("GetPolicy: %v, want ErrNotFound", err)
+	}
+	p := registry.Policy{Name: "p", PrimaryKey: mustKey(t, "a"), SecondaryKey: mustKey(t, "b"), Rights: registry.ServiceConnect}
+	if err := s.PutPolicy(ctx, p); err != nil {
+		t.Fatalf("PutPolicy: %v", err)
+	}
+	if got, err := s.GetPolicy(ctx, "p"); err != nil || got != p {
+		t.Errorf("GetPolicy = %+v, %v; want %+v", got, err, p)
+	}
+	p.PrimaryKey, p.Rights = mustKey(t, "c"), registry.RegistryRead|registry.RegistryWrite
+	if err := s.PutPolicy(ctx, p); err != nil {
+		t.Fatalf("PutPolicy replace: %v", err)
+	}
+	if got, err := s.GetPolicy(ctx, "p"); err != nil || got != p {
+		t.Errorf("GetPolicy after replace = %+v, %v; want %+v", got, err, p)
+	}
+	if _, err := s.GetPolicy(ctx, "P"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("GetPolicy(P): %v, want ErrNotFound (names are case-sensitive)", err)
+	}
+	a := registry.Policy{Name: "a", Rights: registry.DeviceConnect}
+	if err := s.PutPolicy(ctx, a); err != nil {
+		t.Fatalf("PutPolicy: %v", err)
+	}
+	list, err := s.ListPolicies(ctx)
+	if err != nil {
+		t.Fatalf("ListPolicies: %v", err)
+	}
+	if !slices.Equal(list, []registry.Policy{a, p}) {
+		t.Errorf("ListPolicies = %+v, want [a p]", list)
+	}
+	if err := s.PutPolicy(ctx, registry.Policy{}); err == nil {
+		t.Errorf("PutPolicy with an empty name succeeded")
+	}
+}
+
+func testEnsureDefaultPolicies(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	created, err := registry.EnsureDefaultPolicies(ctx, s)
+	if err != nil {
+		t.Fatalf("EnsureDefaultPolicies: %v", err)
+	}
+	if !created {
+		t.Errorf("first EnsureDefaultPolicies reported created = false")
+	}
+	first, err := s.ListPolicies(ctx)
+	if err != nil {
+		t.Fatalf("ListPolicies: %v", err)
+	}
+	want := map[string]registry.Rights{
+		"iothubowner":       registry.RegistryRead | registry.RegistryWrite | registry.ServiceConnect | registry.DeviceConnect,
+		"service":           registry.ServiceConnect,
+		"registryRead":      registry.RegistryRead,
+		"registryReadWrite": registry.RegistryRead | registry.RegistryWrite,
+	}
+	if len(first) != len(want) {
+		t.Fatalf("ListPolicies = %d policies, want %d", len(first), len(want))
+	}
+	keys := map[string]bool{}
+	for _, p := range first {
+		if r, ok := want[p.Name]; !ok || r != p.Rights {
+			t.Errorf("policy %q has rights %v, want %v", p.Name, p.Rights, r)
+		}
+		for _, k := range []string{p.PrimaryKey, p.SecondaryKey} {
+			b, err := base64.StdEncoding.DecodeString(k)
+			if err != nil || len(b) != 32 {
+				t.Errorf("policy %q: key is not 32 bytes of standard base64 (%d bytes, %v)", p.Name, len(b), err)
+			}
+			keys[k] = true
+		}
+	}
+	if len(keys) != 2*len(want) {
+		t.Errorf("policy keys repeat: %d distinct, want %d", len(keys), 2*len(want))
+	}
+
+	created, err = registry.EnsureDefaultPolicies(ctx, s)
+	if err != nil {
+		t.Fatalf("second EnsureDefaultPolicies: %v", err)
+	}
+	if created {
+		t.Errorf("second EnsureDefaultPolicies reported created = true")
+	}
+	second, err := s.ListPolicies(ctx)
+	if err != nil {
+		t.Fatalf("ListPolicies: %v", err)
+	}
+	if !slices.Equal(first, second) {
+		t.Errorf("second EnsureDefaultPolicies changed the policies")
+	}
+
+	if defaults := registry.DefaultPolicies(); len(defaults) != len(want) {
+		t.Fatalf("DefaultPolicies = %d policies, want %d", len(defaults), len(want))
+	}
+}
+
+func testEnsureDefaultPoliciesKeepsExisting(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	owner := registry.Policy{Name: "iothubowner", PrimaryKey: mustKey(t, "mine"), Rights: registry.RegistryRead}
+	if err := s.PutPolicy(ctx, owner); err != nil {
+		t.Fatalf("PutPolicy: %v", err)
+	}
+	created, err := registry.EnsureDefaultPolicies(ctx, s)
+	if err != nil {
+		t.Fatalf("EnsureDefaultPolicies: %v", err)
+	}
+	if created {
+		t.Errorf("EnsureDefaultPolicies reported created = true with iothubowner present")
+	}
+	if got, err := s.GetPolicy(ctx, "iothubowner"); err != nil || got != owner {
+		t.Errorf("iothubowner = %+v, %v; want it untouched", got, err)
+	}
+	if _, err := s.GetPolicy(ctx, "service"); err != nil {
+		t.Errorf("GetPolicy(service): %v", err)
+	}
+}
+
+func testStreamEvents(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	if es, err := s.StreamEvents(ctx, registry.EventFilter{}); err != nil || len(es) != 0 {
+		t.Errorf("StreamEvents on an empty store = %v, %v; want none", es, err)
+	}
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 123456000, time.UTC)
+	add := func(stream, device string, started time.Time) registry.StreamEvent {
+		t.Helper()
+		e := registry.StreamEvent{
+			StreamID: stream, DeviceID: device, Policy: "service", Name: "ssh",
+			Result: "ended", Reason: "reason " + stream, BytesUp: 10, BytesDown: 20,
+			Started: started, Duration: 1500 * time.Millisecond,
+		}
+		if err := s.AddStreamEvent(ctx, e); err != nil {
+			t.Fatalf("AddStreamEvent: %v", err)
+		}
+		return e
+	}
+	add("s1", "a", t0)
+	add("s2", "b", t0.Add(time.Minute))
+	add("s3", "a", t0.Add(2*time.Minute))
+	add("s4", "A", t0.Add(3*time.Minute))
+	add("s5", "a", t0.Add(time.Minute)) // same start as s2, added later
+
+	all, err := s.StreamEvents(ctx, registry.EventFilter{})
+	if err != nil {
+		t.Fatalf("StreamEvents: %v", err)
+	}
+	if got := streamIDs(all); !slices.Equal(got, []string{"s4", "s3", "s5", "s2", "s1"}) {
+		t.Errorf("StreamEvents = %q, want newest first", got)
+	}
+	ids := map[int64]bool{}
+	for _, e := range all {
+		if e.ID == 0 || ids[e.ID] {
+			t.Errorf("event %s has ID %d, want a distinct non-zero ID", e.StreamID, e.ID)
+		}
+		ids[e.ID] = true
+	}
+	last := all[len(all)-1]
+	want := registry.StreamEvent{
+		ID: last.ID, StreamID: "s1", DeviceID: "a", Policy: "service", Name: "ssh",
+		Result: "ended", Reason: "reason s1", BytesUp: 10, BytesDown: 20,
+		Started: t0, Duration: 1500 * time.Millisecond,
+	}
+	if !last.Started.Equal(want.Started) {
+		t.Errorf("Started = %v, want %v", last.Started, want.Started)
+	}
+	last.Started = want.Started
+	if last != want {
+		t.Errorf("event = %+v, want %+v", last, want)
+	}
+
+	for _, tc := range []struct {
+		f    registry.EventFilter
+		want []string
+	}{
+		{registry.EventFilter{DeviceID: "a"}, []string{"s3", "s5", "s1"}},
+		{registry.EventFilter{DeviceID: "A"}, []string{"s4"}},
+		{registry.EventFilter{DeviceID: "zzz"}, nil},
+		{registry.EventFilter{Since: t0.Add(time.Minute)}, []string{"s4", "s3", "s5", "s2"}},
+		{registry.EventFilter{DeviceID: "a", Since: t0.Add(time.Minute)}, []string{"s3", "s5"}},
+		{registry.EventFilter{Limit: 2}, []string{"s4", "s3"}},
+		{registry.EventFilter{DeviceID: "a", Limit: 1}, []string{"s3"}},
+		{registry.EventFilter{Since: t0.Add(time.Hour)}, nil},
+	} {
+		es, err := s.StreamEvents(ctx, tc.f)
+		if err != nil {
+			t.Fatalf("StreamEvents(%+v): %v", tc.f, err)
+		}
+		if got := streamIDs(es); !slices.Equal(got, tc.want) {
+			t.Errorf("StreamEvents(%+v) = %q, want %q", tc.f, got, tc.want)
+		}
+	}
+}
+
+func testStreamEventsDefaultLimit(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	const n = 1003
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			errs <- s.AddStreamEvent(ctx, registry.StreamEvent{
+				StreamID: fmt.Sprint(i), DeviceID: "d", Started: t0.Add(time.Duration(i) * time.Second),
+			})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("AddStreamEvent: %v", err)
+		}
+	}
+	es, err := s.StreamEvents(ctx, registry.EventFilter{})
+	if err != nil {
+		t.Fatalf("StreamEvents: %v", err)
+	}
+	if len(es) != 1000 {
+		t.Fatalf("StreamEvents returned %d events, want the default limit 1000", len(es))
+	}
+	if es[0].StreamID != fmt.Sprint(n-1) || es[999].StreamID != fmt.Sprint(n-1000) {
+		t.Errorf("StreamEvents returned %s..%s, want the newest 1000", es[0].StreamID, es[999].StreamID)
+	}
+}
+
+func testConcurrentCreates(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	const workers, each = 20, 5
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var won int
+	var errs []error
+	for w := range workers {
+		wg.Go(func() {
+			fail := func(err error) {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+			for i := range each {
+				if _, err := s.CreateDevice(ctx, registry.Device{ID: fmt.Sprintf("w%02d-%d", w, i)}); err != nil {
+					fail(err)
+				}
+				if _, err := s.ListDevices(ctx); err != nil {
+					fail(err)
+				}
+			}
+			// Everyone races for the same ID: exactly one wins.
+			_, err := s.CreateDevice(ctx, registry.Device{ID: "shared"})
+			switch {
+			case err == nil:
+				mu.Lock()
+				won++
+				mu.Unlock()
+			case !errors.Is(err, registry.ErrExists):
+				fail(err)
+			}
+			if _, err := s.UpdateDevice(ctx, registry.Device{ID: "shared", StatusReason: fmt.Sprint(w)}, "*"); err != nil {
+				fail(err)
+			}
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d errors, first: %v", len(errs), errs[0])
+	}
+	if won != 1 {
+		t.Errorf("%d goroutines created the shared device, want 1", won)
+	}
+	list, err := s.ListDevices(ctx)
+	if err != nil {
+		t.Fatalf("ListDevices: %v", err)
+	}
+	if len(list) != workers*each+1 {
+		t.Errorf("ListDevices = %d devices, want %d", len(list), workers*each+1)
+	}
+}
+
+func testNoKeysInErrors(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	key := mustKey(t, "secret-key")
+	d, err := s.CreateDevice(ctx, registry.Device{ID: "d", PrimaryKey: key, SecondaryKey: key})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	var got []error
+	_, err = s.CreateDevice(ctx, registry.Device{ID: "d", PrimaryKey: key, SecondaryKey: key})
+	got = append(got, err)
+	_, err = s.UpdateDevice(ctx, registry.Device{ID: "d", PrimaryKey: key, SecondaryKey: key}, "stale")
+	got = append(got, err)
+	_, err = s.UpdateDevice(ctx, registry.Device{ID: "d", Status: "bogus", PrimaryKey: key, SecondaryKey: key}, d.ETag)
+	got = append(got, err)
+	_, err = s.UpdateDevice(ctx, registry.Device{ID: "e", PrimaryKey: key, SecondaryKey: key}, "")
+	got = append(got, err)
+	got = append(got, s.PutPolicy(ctx, registry.Policy{PrimaryKey: key, SecondaryKey: key}))
+	for _, err := range got {
+		if err == nil {
+			t.Errorf("want an error")
+			continue
+		}
+		if strings.Contains(err.Error(), key) {
+			t.Errorf("error %q contains a key", err)
+		}
+	}
+}
+
+func assertDevice(t *testing.T, got, want registry.Device) {
+	t.Helper()
+	if !got.Created.Equal(want.Created) || !got.Updated.Equal(want.Updated) {
+		t.Errorf("device times = %v, %v; want %v, %v", got.Created, got.Updated, want.Created, want.Updated)
+	}
+	got.Created, got.Updated = want.Created, want.Updated
+	if got != want {
+		t.Errorf("device = %+v, want %+v", got, want)
+	}
+}
+
+func deviceIDs(ds []registry.Device) []string {
+	var ids []string
+	for _, d := range ds {
+		ids = append(ids, d.ID)
+	}
+	return ids
+}
+
+func streamIDs(es []registry.StreamEvent) []string {
+	var ids []string
+	for _, e := range es {
+		ids = append(ids, e.StreamID)
+	}
+	return ids
+}

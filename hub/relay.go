@@ -1,0 +1,159 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/coder/websocket"
+)
+
+// relayBufSize is the copy buffer of one relay direction.
+const relayBufSize = 32 << 10
+
+// end is how one relay direction stopped.
+type end struct {
+	from side // the side whose connection ended first
+	err  error
+}
+
+// relay copies messages between the two sides of a stream until one of them
+// ends, then closes the other at once and returns when both directions
+// have stopped. It returns the stream's result and a reason for the event
+// log.
+func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason string) {
+	// The relay's own context is never canceled: cancelling a context
+	// under coder/websocket closes the connection with a generic code, and
+	// the hub wants to say why. Shutdown closes both sides explicitly.
+	ctx := context.Background()
+	ends := make(chan end, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		ends <- pump(ctx, svc, dev, sideService, &st.bytesUp)
+	}()
+	go func() {
+		defer wg.Done()
+		ends <- pump(ctx, dev, svc, sideDevice, &st.bytesDown)
+	}()
+
+	var first end
+	select {
+	case first = <-ends:
+	case <-s.ctx.Done():
+		first = end{from: -1}
+	}
+	code, why := closeFor(first)
+	// End both sides. Close sends the close frame at once; the wait for
+	// the peer's answer runs concurrently so neither side holds up the other.
+	var cw sync.WaitGroup
+	for _, c := range []*websocket.Conn{svc, dev} {
+		cw.Add(1)
+		go func() {
+			defer cw.Done()
+			c.Close(code, why)
+		}()
+	}
+	cw.Wait()
+	wg.Wait()
+
+	switch {
+	case first.from < 0:
+		return "ended", "hub shutting down"
+	case first.err == nil || isNormalClose(first.err):
+		return "ended", first.from.String() + " closed the stream"
+	default:
+		return "ended", fmt.Sprintf("%s side ended: %s", first.from, why)
+	}
+}
+
+// pump copies messages from src to dst until either fails. It reports
+// which side ended.
+func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.Int64) end {
+	buf := make([]byte, relayBufSize)
+	for {
+		typ, r, err := src.Reader(ctx)
+		if err != nil {
+			return end{from: from, err: err}
+		}
+		w, err := dst.Writer(ctx, typ)
+		if err != nil {
+			return end{from: 1 - from, err: err}
+		}
+		tw := trackedWriter{w: w}
+		c, err := io.CopyBuffer(&tw, r, buf)
+		n.Add(c)
+		if err != nil {
+			w.Close()
+			if tw.err != nil {
+				return end{from: 1 - from, err: tw.err}
+			}
+			return end{from: from, err: err}
+		}
+		if err := w.Close(); err != nil {
+			return end{from: 1 - from, err: err}
+		}
+	}
+}
+
+// trackedWriter remembers a write error so pump can tell which side
+// failed.
+type trackedWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (t *trackedWriter) Write(p []byte) (int, error) {
+	n, err := t.w.Write(p)
+	if err != nil {
+		t.err = err
+	}
+	return n, err
+}
+
+// closeFor chooses the close code and reason sent to the side that did not
+// end first.
+func closeFor(e end) (websocket.StatusCode, string) {
+	if e.from < 0 {
+		return websocket.StatusGoingAway, "hub shutting down"
+	}
+	if errors.Is(e.err, websocket.ErrMessageTooBig) {
+		return websocket.StatusMessageTooBig, "message too big"
+	}
+	var ce websocket.CloseError
+	if errors.As(e.err, &ce) && sendable(ce.Code) {
+		return ce.Code, truncate(ce.Reason, 100)
+	}
+	return ClosePeerLost, e.from.String() + " connection lost"
+}
+
+// sendable reports whether a close code may appear in a close frame
+// (RFC 6455 7.4: 1005, 1006 and 1015 must not be sent).
+func sendable(c websocket.StatusCode) bool {
+	switch {
+	case c >= 3000 && c <= 4999:
+		return true
+	case c >= 1000 && c <= 1011:
+		return c != 1004 && c != 1005 && c != 1006
+	}
+	return false
+}
+
+func isNormalClose(err error) bool {
+	switch websocket.CloseStatus(err) {
+	case websocket.StatusNormalClosure, websocket.StatusGoingAway:
+		return true
+	}
+	return false
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

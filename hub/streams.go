@@ -1,0 +1,379 @@
+package hub
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+
+	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/dsproxy/dsproxy/hub/registry"
+	"github.com/dsproxy/dsproxy/internal/sas"
+	"github.com/dsproxy/dsproxy/internal/wire"
+)
+
+// side is one end of a stream.
+type side int
+
+const (
+	sideService side = iota
+	sideDevice
+)
+
+func (sd side) String() string {
+	if sd == sideService {
+		return "service"
+	}
+	return "device"
+}
+
+// Close codes the hub sends on the streaming endpoint besides the
+// standard ones it relays. 4000–4999 are for applications (RFC 6455 7.4.2).
+const (
+	// CloseHandshakeTimeout ends a side whose peer did not connect before
+	// the handshake deadline.
+	CloseHandshakeTimeout websocket.StatusCode = 4008
+	// ClosePeerLost ends a side whose peer's connection failed without a
+	// close frame (crash, reset, network loss).
+	ClosePeerLost websocket.StatusCode = 4001
+)
+
+// stream is one initiated stream, from initiation until both sides are gone.
+// Fields below mu are guarded by Server.mu.
+type stream struct {
+	id       string
+	deviceID string
+	name     string
+	policy   string
+	tokens   [2]string
+	created  time.Time
+	deadline time.Time
+	log      zerolog.Logger
+
+	bytesUp   atomic.Int64 // service → device
+	bytesDown atomic.Int64 // device → service
+
+	// ended is closed when the stream is over: relayed and closed, expired
+	// unpaired, or dropped. A waiting first side returns then.
+	ended chan struct{}
+
+	// guarded by Server.mu
+	used   [2]bool
+	conns  [2]*websocket.Conn
+	timer  *time.Timer
+	closed bool
+}
+
+// newStream mints a stream for an initiation and registers it until its
+// handshake deadline.
+func (s *Server) newStream(deviceID, name, policy string) *stream {
+	now := time.Now()
+	st := &stream{
+		id:       randomID(16),
+		deviceID: deviceID,
+		name:     name,
+		policy:   policy,
+		tokens:   [2]string{randomID(32), randomID(32)},
+		created:  now,
+		deadline: now.Add(s.cfg.HandshakeTimeout),
+		ended:    make(chan struct{}),
+	}
+	st.log = s.log.With().Str(fieldStream, st.id).Str(fieldDevice, deviceID).Str(fieldName, name).Logger()
+	s.mu.Lock()
+	s.streams[st.id] = st
+	st.timer = time.AfterFunc(s.cfg.HandshakeTimeout, func() { s.expire(st) })
+	s.mu.Unlock()
+	return st
+}
+
+// expire ends a stream whose sides did not both connect in time.
+func (s *Server) expire(st *stream) {
+	s.mu.Lock()
+	if st.closed || (st.conns[0] != nil && st.conns[1] != nil) {
+		s.mu.Unlock()
+		return
+	}
+	conns := st.conns
+	s.endLocked(st)
+	s.mu.Unlock()
+	for sd, c := range conns {
+		if c != nil {
+			st.log.Info().Str("side", side(sd).String()).Msg("peer did not connect before the handshake deadline")
+			c.Close(CloseHandshakeTimeout, "peer did not connect before the handshake deadline")
+		}
+	}
+	if conns[0] != nil || conns[1] != nil {
+		s.recordEvent(st, "expired", "peer did not connect before the handshake deadline")
+	}
+}
+
+// drop forgets a stream that will never be relayed.
+func (s *Server) drop(st *stream) {
+	s.mu.Lock()
+	s.endLocked(st)
+	s.mu.Unlock()
+}
+
+func (s *Server) endLocked(st *stream) {
+	if st.closed {
+		return
+	}
+	st.closed = true
+	st.timer.Stop()
+	delete(s.streams, st.id)
+	close(st.ended)
+}
+
+func (s *Server) streamURL(id string) string {
+	return "wss://" + s.addr + "/streams/" + id
+}
+
+// checkDeviceID validates a device ID from a request path.
+func checkDeviceID(id string) *apiError {
+	if err := sas.ValidDeviceID(id); err != nil {
+		return errBadRequest(fmt.Sprintf("invalid device ID: %v", err))
+	}
+	return nil
+}
+
+// checkStreamName validates a stream name from a request path.
+func checkStreamName(name string) *apiError {
+	if name == "" || len(name) > wire.MaxStreamNameLen {
+		return errBadRequest(fmt.Sprintf("stream name must be 1 to %d bytes", wire.MaxStreamNameLen))
+	}
+	for _, r := range name {
+		if r == '/' || r == '\\' || r > unicode.MaxASCII || !unicode.IsPrint(r) {
+			return errBadRequest(fmt.Sprintf("stream name %q: only printable ASCII without slashes is allowed", name))
+		}
+	}
+	return nil
+}
+
+func (s *Server) handleInitiate(w http.ResponseWriter, r *http.Request) {
+	id, name := r.PathValue("id"), r.PathValue("name")
+	if aerr := checkDeviceID(id); aerr != nil {
+		s.writeError(w, r, aerr.status, aerr)
+		return
+	}
+	if aerr := checkStreamName(name); aerr != nil {
+		s.writeError(w, r, aerr.status, aerr)
+		return
+	}
+	p, ok := s.require(w, r, "/devices/"+id, registry.ServiceConnect)
+	if !ok {
+		return
+	}
+	connectTO, err := parseSeconds(r.Header.Get(wire.HeaderConnectTimeout), s.cfg.ConnectTimeout, s.cfg.MaxRequestTimeout)
+	if err != nil {
+		s.writeError(w, r, http.StatusBadRequest, errBadRequest(wire.HeaderConnectTimeout+": "+err.Error()))
+		return
+	}
+	responseTO, err := parseSeconds(r.Header.Get(wire.HeaderResponseTimeout), s.cfg.ResponseTimeout, s.cfg.MaxRequestTimeout)
+	if err != nil {
+		s.writeError(w, r, http.StatusBadRequest, errBadRequest(wire.HeaderResponseTimeout+": "+err.Error()))
+		return
+	}
+	log := s.log.With().Str(fieldDevice, id).Str(fieldName, name).Str(fieldPolicy, p.policy).Logger()
+
+	dev, err := s.reg.GetDevice(r.Context(), id)
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		s.refuse(w, r, log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceNotFound, "DeviceNotFound",
+			fmt.Sprintf("device %q is not registered on this hub", id)})
+		return
+	case err != nil:
+		s.refuse(w, r, log, id, name, p.policy, "error", &apiError{http.StatusInternalServerError, wire.CodeInternal, "ServerError", "registry unavailable"})
+		return
+	case dev.Status != registry.StatusEnabled:
+		s.refuse(w, r, log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
+			fmt.Sprintf("device %q is disabled", id)})
+		return
+	}
+	sess := s.sessionFor(id)
+	if sess == nil {
+		s.refuse(w, r, log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
+			fmt.Sprintf("device %q is not connected: is dsproxy device running there?", id)})
+		return
+	}
+
+	st := s.newStream(id, name, p.policy)
+	ctx, cancel := context.WithTimeout(r.Context(), responseTO)
+	defer cancel()
+	resp, err := sess.request(ctx, &wire.StreamRequest{
+		StreamID:  st.id,
+		Name:      name,
+		URL:       s.streamURL(st.id),
+		AuthToken: st.tokens[sideDevice],
+		Deadline:  st.deadline,
+	}, connectTO)
+	if err != nil {
+		s.drop(st)
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			s.refuse(w, r, st.log, id, name, p.policy, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
+				fmt.Sprintf("device %q did not answer the stream request within %s", id, responseTO)})
+		case errors.Is(err, context.Canceled):
+			st.log.Debug().Msg("service went away before the device answered")
+			s.recordEvent(st, "canceled", "service went away before the device answered")
+		default:
+			st.log.Debug().Err(err).Msg("stream request not delivered")
+			s.refuse(w, r, st.log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
+				fmt.Sprintf("device %q disconnected before answering", id)})
+		}
+		return
+	}
+	if !resp.Accepted {
+		s.drop(st)
+		reason := resp.Reason
+		if reason == "" {
+			reason = "rejected by the device"
+		}
+		st.log.Info().Str("reason", reason).Msg("stream rejected by device")
+		s.recordEvent(st, "rejected", reason)
+		w.Header().Set(wire.HeaderIsAccepted, wire.NotAccepted)
+		writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: false, Reason: reason})
+		return
+	}
+	url := s.streamURL(st.id)
+	w.Header().Set(wire.HeaderIsAccepted, wire.Accepted)
+	w.Header().Set(wire.HeaderURL, url)
+	w.Header().Set(wire.HeaderAuthToken, st.tokens[sideService])
+	writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: true, URL: url, AuthToken: st.tokens[sideService]})
+}
+
+// refuse answers a stream initiation that never reached a device, and
+// records it.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, log zerolog.Logger, id, name, policy, result string, aerr *apiError) {
+	log.Info().Str("result", result).Str("reason", aerr.msg).Msg("stream refused")
+	s.addEvent(registry.StreamEvent{DeviceID: id, Name: name, Policy: policy, Result: result, Reason: aerr.msg, Started: time.Now()})
+	s.writeError(w, r, aerr.status, aerr)
+}
+
+func (s *Server) recordEvent(st *stream, result, reason string) {
+	s.addEvent(registry.StreamEvent{
+		StreamID:  st.id,
+		DeviceID:  st.deviceID,
+		Policy:    st.policy,
+		Name:      st.name,
+		Result:    result,
+		Reason:    reason,
+		BytesUp:   st.bytesUp.Load(),
+		BytesDown: st.bytesDown.Load(),
+		Started:   st.created,
+		Duration:  time.Since(st.created),
+	})
+}
+
+func (s *Server) addEvent(e registry.StreamEvent) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.reg.AddStreamEvent(ctx, e); err != nil {
+		s.log.Warn().Err(err).Msg("stream event not recorded")
+	}
+}
+
+// bearer returns the token of an "Authorization: Bearer" header.
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// claim finds the stream and side a bearer token belongs to and marks the
+// token used.
+func (s *Server) claim(id, token string) (*stream, side, *apiError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[id]
+	if st == nil || st.closed {
+		return nil, 0, &apiError{http.StatusNotFound, wire.CodeStreamNotFound, "StreamNotFound", "no such stream: it ended, expired or never existed"}
+	}
+	sd := side(-1)
+	for i, t := range st.tokens {
+		if subtle.ConstantTimeCompare([]byte(token), []byte(t)) == 1 {
+			sd = side(i)
+		}
+	}
+	switch {
+	case sd < 0:
+		return nil, 0, &apiError{http.StatusUnauthorized, wire.CodeStreamTokenRejected, "IotHubUnauthorizedAccess", "stream token does not belong to this stream"}
+	case time.Now().After(st.deadline):
+		return nil, 0, &apiError{http.StatusUnauthorized, wire.CodeStreamTokenRejected, "IotHubUnauthorizedAccess", "stream token expired"}
+	case st.used[sd]:
+		return nil, 0, &apiError{http.StatusUnauthorized, wire.CodeStreamTokenRejected, "IotHubUnauthorizedAccess", "stream token already used"}
+	}
+	st.used[sd] = true
+	return st, sd, nil
+}
+
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	tok := bearer(r)
+	if tok == "" {
+		s.writeError(w, r, http.StatusUnauthorized, errUnauthorized("no stream token: send Authorization: Bearer <iothub-streaming-auth-token>"))
+		return
+	}
+	st, sd, aerr := s.claim(id, tok)
+	if aerr != nil {
+		s.log.Debug().Str(fieldStream, id).Str(fieldRemote, r.RemoteAddr).Str("reason", aerr.msg).Msg("stream connection refused")
+		s.writeError(w, r, aerr.status, aerr)
+		return
+	}
+	if !s.track() {
+		s.writeError(w, r, http.StatusServiceUnavailable, &apiError{http.StatusServiceUnavailable, wire.CodeServiceUnavailable, "ServiceUnavailable", "hub is shutting down"})
+		return
+	}
+	defer s.conns.Done()
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		st.log.Debug().Err(err).Msg("stream upgrade failed")
+		return
+	}
+	ws.SetReadLimit(s.cfg.MaxMessageSize)
+
+	s.mu.Lock()
+	if st.closed {
+		s.mu.Unlock()
+		ws.Close(CloseHandshakeTimeout, "peer did not connect before the handshake deadline")
+		return
+	}
+	st.conns[sd] = ws
+	paired := st.conns[0] != nil && st.conns[1] != nil
+	if paired {
+		st.timer.Stop()
+		delete(s.streams, st.id)
+	}
+	s.mu.Unlock()
+	st.log.Debug().Str("side", sd.String()).Bool("paired", paired).Msg("stream side connected")
+
+	if !paired {
+		// The peer's handler relays; this one only keeps the connection
+		// counted until the stream is over.
+		select {
+		case <-st.ended:
+		case <-s.ctx.Done():
+			ws.Close(websocket.StatusGoingAway, "hub shutting down")
+		}
+		return
+	}
+	result, reason := s.relay(st, st.conns[sideService], st.conns[sideDevice])
+	s.mu.Lock()
+	s.endLocked(st)
+	s.mu.Unlock()
+	st.log.Info().
+		Int64("bytes_up", st.bytesUp.Load()).
+		Int64("bytes_down", st.bytesDown.Load()).
+		Dur("duration", time.Since(st.created)).
+		Str("reason", reason).
+		Msg("stream ended")
+	s.recordEvent(st, result, reason)
+}

@@ -1,0 +1,129 @@
+// Package hubclient is the Go SDK for a dsproxy hub: [DeviceClient] keeps a
+// device's control session and hands each stream request to a callback;
+// [ServiceClient] opens streams to devices and calls the registry. Both
+// authenticate with Azure IoT Hub connection strings and SAS tokens, and
+// both speak only outbound HTTPS and WebSockets.
+//
+// A stream is a [*Conn]: a net.Conn with CloseWrite, as reliable and
+// ordered as TCP.
+package hubclient
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dsproxy/dsproxy/internal/sas"
+	"github.com/dsproxy/dsproxy/internal/wire"
+)
+
+// defaultTokenTTL is how long the SAS tokens a client signs stay valid.
+const defaultTokenTTL = time.Hour
+
+// base is what both clients share: the hub address, the credential and an
+// HTTP client.
+type base struct {
+	cs     sas.ConnectionString
+	http   *http.Client
+	ttl    time.Duration
+	scheme string // "https"
+
+	mu       sync.Mutex
+	token    string
+	tokenExp time.Time
+}
+
+func newBase(connStr string, tlsCfg *tls.Config, ttl time.Duration) (*base, error) {
+	cs, err := sas.ParseConnectionString(connStr)
+	if err != nil {
+		return nil, fmt.Errorf("connection string: %w", err)
+	}
+	if ttl <= 0 {
+		ttl = defaultTokenTTL
+	}
+	if tlsCfg == nil {
+		tlsCfg = &tls.Config{}
+	}
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tlsCfg.Clone(),
+		TLSHandshakeTimeout: 15 * time.Second,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+		// WebSockets need HTTP/1.1.
+		ForceAttemptHTTP2: false,
+	}
+	return &base{
+		cs:     cs,
+		http:   &http.Client{Transport: tr},
+		ttl:    ttl,
+		scheme: "https",
+	}, nil
+}
+
+// authorization returns a SAS token for the credential, reusing one until
+// it nears expiry.
+func (b *base) authorization() (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	if b.token != "" && now.Add(b.ttl/4).Before(b.tokenExp) {
+		return b.token, nil
+	}
+	res := b.cs.HostName
+	if b.cs.IsDevice() {
+		res = sas.DeviceResource(b.cs.HostName, b.cs.DeviceID)
+	}
+	exp := now.Add(b.ttl)
+	tok, err := sas.NewToken(res, b.cs.SharedAccessKey, b.cs.SharedAccessKeyName, exp)
+	if err != nil {
+		return "", fmt.Errorf("sign SAS token: %w", err)
+	}
+	b.token, b.tokenExp = tok, exp
+	return tok, nil
+}
+
+// url builds the hub URL of a path whose segments are already escaped.
+func (b *base) url(scheme, escapedPath string) string {
+	return scheme + "://" + b.cs.HostName + escapedPath
+}
+
+// close releases idle connections.
+func (b *base) close() { b.http.CloseIdleConnections() }
+
+// hubError reads an error response into a *HubError.
+func hubError(op string, resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	e := &HubError{Op: op, StatusCode: resp.StatusCode}
+	var we wire.Error
+	if json.Unmarshal(body, &we) == nil {
+		e.Code = we.ErrorCode
+		e.Message = we.Detail
+		if e.Message == "" {
+			e.Message = we.Message
+		}
+	}
+	if e.Message == "" {
+		e.Message = strings.TrimSpace(string(body))
+		if len(e.Message) > 200 {
+			e.Message = e.Message[:200]
+		}
+	}
+	return e
+}
+
+// pathEscape escapes one path segment (url.PathEscape escapes "/" too), so
+// any device ID Azure allows reaches the hub as one segment.
+func pathEscape(s string) string { return url.PathEscape(s) }
+
+func deviceConnString(host, id, key string) string {
+	return sas.ConnectionString{HostName: host, DeviceID: id, SharedAccessKey: key}.String()
+}

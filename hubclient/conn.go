@@ -1,0 +1,260 @@
+package hubclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// MaxWriteMessage is the largest WebSocket message a [Conn] sends; larger
+// writes are split. Azure's streaming endpoint accepts 64 KiB.
+const MaxWriteMessage = 64 << 10
+
+// Close codes that end a stream on purpose (from the hub); see the hub
+// package.
+const (
+	closePeerLost         websocket.StatusCode = 4001
+	closeHandshakeTimeout websocket.StatusCode = 4008
+)
+
+// ErrStreamClosed reports a use of a [Conn] after Close, or a write after
+// CloseWrite.
+var ErrStreamClosed = errors.New("stream closed")
+
+// Conn is one side of a stream: a net.Conn over the streaming endpoint's
+// WebSocket. Each Write is sent as binary messages; CloseWrite sends the
+// zero-length message that means "no more data from me", after which Read
+// on the peer returns io.EOF. Read returns io.EOF after the peer's
+// half-close or a normal close, and an error naming the cause when the
+// stream ended otherwise (peer lost, handshake timeout, hub shutdown).
+//
+// One goroutine may Read while another Writes. A deadline that passes
+// closes the stream: the WebSocket library cannot abandon a single read.
+type Conn struct {
+	ws     *websocket.Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+	local  net.Addr
+	remote net.Addr
+
+	readMu  sync.Mutex
+	r       io.Reader
+	fresh   bool // r has not yielded a byte yet
+	readEOF bool
+
+	writeMu     sync.Mutex
+	writeClosed bool
+
+	deadlineMu sync.Mutex
+	timer      *time.Timer
+
+	closeOnce sync.Once
+}
+
+var _ net.Conn = (*Conn)(nil)
+
+func newConn(ws *websocket.Conn, local, remote net.Addr) *Conn {
+	c := &Conn{ws: ws, local: local, remote: remote}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c
+}
+
+// Read reads stream bytes.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	for {
+		if c.readEOF {
+			return 0, io.EOF
+		}
+		if c.r == nil {
+			typ, r, err := c.ws.Reader(c.ctx)
+			if err != nil {
+				return 0, c.readErr(err)
+			}
+			if typ != websocket.MessageBinary {
+				c.ws.Close(websocket.StatusUnsupportedData, "only binary messages are allowed")
+				return 0, fmt.Errorf("read stream: peer sent a text message")
+			}
+			c.r, c.fresh = r, true
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+		n, err := c.r.Read(p)
+		if n > 0 {
+			c.fresh = false
+		}
+		if err == io.EOF {
+			fin := c.fresh
+			c.r = nil
+			if fin {
+				// A zero-length message: the peer's half-close.
+				c.readEOF = true
+				return 0, io.EOF
+			}
+			err = nil
+		}
+		if n > 0 || err != nil {
+			if err != nil {
+				err = c.readErr(err)
+			}
+			return n, err
+		}
+	}
+}
+
+// readErr turns the end of the WebSocket into what Read reports.
+func (c *Conn) readErr(err error) error {
+	switch websocket.CloseStatus(err) {
+	case websocket.StatusNormalClosure:
+		c.readEOF = true
+		return io.EOF
+	case -1:
+	default:
+		var ce websocket.CloseError
+		errors.As(err, &ce)
+		return &StreamEndError{Code: int(ce.Code), Reason: ce.Reason}
+	}
+	if c.ctx.Err() != nil {
+		return net.ErrClosed
+	}
+	return fmt.Errorf("read stream: %w", err)
+}
+
+// Write sends p to the peer.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writeClosed {
+		return 0, ErrStreamClosed
+	}
+	n := 0
+	for len(p) > 0 {
+		chunk := p
+		if len(chunk) > MaxWriteMessage {
+			chunk = chunk[:MaxWriteMessage]
+		}
+		if err := c.ws.Write(c.ctx, websocket.MessageBinary, chunk); err != nil {
+			if c.ctx.Err() != nil {
+				return n, net.ErrClosed
+			}
+			return n, fmt.Errorf("write stream: %w", err)
+		}
+		n += len(chunk)
+		p = p[len(chunk):]
+	}
+	return n, nil
+}
+
+// CloseWrite tells the peer no more data will come (a TCP FIN). Reads go on.
+func (c *Conn) CloseWrite() error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writeClosed {
+		return nil
+	}
+	c.writeClosed = true
+	if err := c.ws.Write(c.ctx, websocket.MessageBinary, nil); err != nil {
+		return fmt.Errorf("half-close stream: %w", err)
+	}
+	return nil
+}
+
+// Close ends the stream with a normal close. It is safe to call more than
+// once and concurrently with Read and Write, which then fail.
+func (c *Conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		c.deadlineMu.Lock()
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+		c.deadlineMu.Unlock()
+		err = c.ws.Close(websocket.StatusNormalClosure, "")
+		c.cancel()
+		if errors.Is(err, net.ErrClosed) || websocket.CloseStatus(err) != -1 {
+			err = nil
+		}
+	})
+	return err
+}
+
+// Abort ends the stream as a failure: the peer's reads fail instead of
+// returning io.EOF. Use it when the data the stream carried is incomplete.
+func (c *Conn) Abort() error {
+	var err error
+	c.closeOnce.Do(func() {
+		c.deadlineMu.Lock()
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+		c.deadlineMu.Unlock()
+		err = c.ws.Close(closePeerLost, "peer connection lost")
+		c.cancel()
+		if errors.Is(err, net.ErrClosed) || websocket.CloseStatus(err) != -1 {
+			err = nil
+		}
+	})
+	return err
+}
+
+// LocalAddr returns the local address of the connection to the hub.
+func (c *Conn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr returns the hub's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.remote }
+
+// SetDeadline closes the stream at t; the zero time cancels it.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	if !t.IsZero() {
+		c.timer = time.AfterFunc(time.Until(t), func() { c.ws.CloseNow(); c.cancel() })
+	}
+	return nil
+}
+
+// SetReadDeadline is SetDeadline: a passed deadline closes the stream.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.SetDeadline(t) }
+
+// SetWriteDeadline is SetDeadline: a passed deadline closes the stream.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.SetDeadline(t) }
+
+// StreamEndError reports a stream the hub or the peer ended with a close
+// code other than a normal closure.
+type StreamEndError struct {
+	Code   int
+	Reason string
+}
+
+func (e *StreamEndError) Error() string {
+	switch websocket.StatusCode(e.Code) {
+	case closePeerLost:
+		return "stream ended: the other side's connection was lost"
+	case closeHandshakeTimeout:
+		return "stream ended: the other side did not connect before the handshake deadline"
+	case websocket.StatusGoingAway:
+		return "stream ended: " + orDefault(e.Reason, "the hub or peer went away")
+	case websocket.StatusMessageTooBig:
+		return "stream ended: message too big"
+	}
+	return fmt.Sprintf("stream ended with close code %d: %s", e.Code, orDefault(e.Reason, "no reason given"))
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

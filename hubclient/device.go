@@ -1,0 +1,338 @@
+package hubclient
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
+
+	"github.com/dsproxy/dsproxy/internal/wire"
+)
+
+// DeviceConfig configures a [DeviceClient].
+type DeviceConfig struct {
+	// ConnectionString is the device's connection string
+	// (HostName=...;DeviceId=...;SharedAccessKey=...).
+	ConnectionString string
+
+	// TLSConfig verifies the hub; nil uses the system roots.
+	TLSConfig *tls.Config
+
+	// KeepAliveInterval is how often the device pings the hub; a hub that
+	// does not answer within ConnectionWriteTimeout is considered gone and
+	// the device redials. Zero values mean 15 s and 10 s.
+	KeepAliveInterval      time.Duration
+	ConnectionWriteTimeout time.Duration
+
+	// MinBackoff and MaxBackoff bound the wait between reconnection
+	// attempts, which doubles from MinBackoff up to MaxBackoff, with
+	// jitter. Zero values mean 500 ms and 30 s.
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+
+	// TokenTTL is the lifetime of the SAS tokens the device signs; zero
+	// means one hour.
+	TokenTTL time.Duration
+
+	// Logger receives the client's logs. The zero value logs nothing.
+	Logger zerolog.Logger
+}
+
+// StreamHandler handles one stream request. It must call exactly one of
+// req.Accept or req.Reject (a handler that returns having called neither
+// rejects the request), and may keep running with the accepted stream.
+// ctx ends when the DeviceClient stops.
+type StreamHandler func(ctx context.Context, req *StreamRequest)
+
+// StreamRequest is a service's request for a stream, as delivered to a
+// [StreamHandler].
+type StreamRequest struct {
+	// ID is the hub's stream ID, Name the stream name the service asked for.
+	ID   string
+	Name string
+	// Deadline is when the hub stops waiting for this device to connect.
+	Deadline time.Time
+
+	dev      *DeviceClient
+	url      string
+	token    string
+	ctl      net.Conn // the control stream the answer goes on
+	answered bool
+}
+
+// Accept tells the hub the device takes the stream and connects this side
+// of it. ctx bounds the connection; the returned stream lives until
+// closed.
+func (r *StreamRequest) Accept(ctx context.Context) (*Conn, error) {
+	if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
+		return nil, err
+	}
+	if testHookAccepted != nil {
+		testHookAccepted()
+	}
+	if dl := r.Deadline; !dl.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl)
+		defer cancel()
+	}
+	conn, err := dialStream(ctx, r.dev.http, r.url, r.token)
+	if err != nil {
+		return nil, fmt.Errorf("accept stream %s: %w", r.ID, err)
+	}
+	return conn, nil
+}
+
+// Reject tells the hub the device refuses the stream; the service sees
+// reason.
+func (r *StreamRequest) Reject(reason string) error {
+	if len(reason) > wire.MaxReasonLen {
+		reason = reason[:wire.MaxReasonLen]
+	}
+	return r.answer(wire.StreamResponse{Accepted: false, Reason: reason})
+}
+
+func (r *StreamRequest) answer(resp wire.StreamResponse) error {
+	if r.answered {
+		return errors.New("stream request already answered")
+	}
+	r.answered = true
+	defer r.ctl.Close()
+	_ = r.ctl.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := wire.WriteMessage(r.ctl, &resp); err != nil {
+		return fmt.Errorf("answer stream request %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// testHookAccepted runs between a device's answer and its dial of the
+// streaming endpoint (see export_test.go).
+var testHookAccepted func()
+
+// DeviceClient holds a device's control session to the hub, redialling it
+// whenever it drops, and hands each stream request to its handler.
+type DeviceClient struct {
+	*base
+	cfg     DeviceConfig
+	handler StreamHandler
+	log     zerolog.Logger
+
+	mu        sync.Mutex
+	connected chan struct{} // closed while a session is up
+}
+
+// NewDeviceClient checks cfg and returns a client that will hand stream
+// requests to h. It does not contact the hub; Run does.
+func NewDeviceClient(cfg DeviceConfig, h StreamHandler) (*DeviceClient, error) {
+	if h == nil {
+		return nil, errors.New("device client: nil stream handler")
+	}
+	b, err := newBase(cfg.ConnectionString, cfg.TLSConfig, cfg.TokenTTL)
+	if err != nil {
+		return nil, err
+	}
+	if !b.cs.IsDevice() {
+		return nil, errors.New("connection string: a device needs its own connection string (DeviceId=...), not a policy's")
+	}
+	if cfg.KeepAliveInterval <= 0 {
+		cfg.KeepAliveInterval = 15 * time.Second
+	}
+	if cfg.ConnectionWriteTimeout <= 0 {
+		cfg.ConnectionWriteTimeout = 10 * time.Second
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = cfg.MinBackoff
+	}
+	return &DeviceClient{
+		base:      b,
+		cfg:       cfg,
+		handler:   h,
+		log:       cfg.Logger.With().Str("device", b.cs.DeviceID).Logger(),
+		connected: make(chan struct{}),
+	}, nil
+}
+
+// DeviceID is the device's ID from its connection string.
+func (c *DeviceClient) DeviceID() string { return c.cs.DeviceID }
+
+// Connected returns a channel that is closed while the device holds a
+// control session. Call again after a drop to wait for the next session.
+func (c *DeviceClient) Connected() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connected
+}
+
+func (c *DeviceClient) setConnected(up bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.connected:
+		if !up {
+			c.connected = make(chan struct{})
+		}
+	default:
+		if up {
+			close(c.connected)
+		}
+	}
+}
+
+// Run holds the control session until ctx ends, redialling with
+// exponential backoff and jitter whenever it drops or cannot be made. It
+// returns early only for errors that retrying cannot fix: the hub refusing
+// the device's credential (ErrUnauthorized, ErrForbidden). Run returns
+// after every handler it started has returned.
+func (c *DeviceClient) Run(ctx context.Context) error {
+	var handlers sync.WaitGroup
+	defer handlers.Wait()
+	backoff := c.cfg.MinBackoff
+	for {
+		start := time.Now()
+		err := c.session(ctx, &handlers)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrForbidden) {
+			return err
+		}
+		if time.Since(start) > c.cfg.MaxBackoff {
+			backoff = c.cfg.MinBackoff // the session was up a while: start over
+		}
+		// Full jitter on the upper half: spreads a fleet's reconnects
+		// after a hub restart.
+		wait := backoff/2 + rand.N(backoff/2+1)
+		c.log.Warn().Err(err).Dur("retry_in", wait).Msg("control session down")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, c.cfg.MaxBackoff)
+	}
+}
+
+// session dials the hub, serves stream requests until the session ends,
+// and returns why it ended.
+func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) error {
+	auth, err := c.authorization()
+	if err != nil {
+		return err
+	}
+	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ws, resp, err := websocket.Dial(dialCtx, c.url("wss", "/devices/"+pathEscape(c.cs.DeviceID)+"/control?api-version=2020-09-30"), &websocket.DialOptions{
+		HTTPClient:   c.http,
+		HTTPHeader:   http.Header{"Authorization": {auth}},
+		Subprotocols: []string{wire.ControlSubprotocol},
+	})
+	cancel()
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return hubError("connect control session", resp)
+		}
+		return fmt.Errorf("connect control session: %w", err)
+	}
+	if ws.Subprotocol() != wire.ControlSubprotocol {
+		ws.Close(websocket.StatusProtocolError, "subprotocol "+wire.ControlSubprotocol+" required")
+		return errors.New("connect control session: hub did not agree on " + wire.ControlSubprotocol)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	nc := websocket.NetConn(sctx, ws, websocket.MessageBinary)
+	ycfg := yamux.DefaultConfig()
+	ycfg.EnableKeepAlive = true
+	ycfg.KeepAliveInterval = c.cfg.KeepAliveInterval
+	ycfg.ConnectionWriteTimeout = c.cfg.ConnectionWriteTimeout
+	ycfg.LogOutput = io.Discard
+	mux, err := yamux.Server(nc, ycfg)
+	if err != nil {
+		ws.CloseNow()
+		return fmt.Errorf("control session: %w", err)
+	}
+	defer mux.Close()
+	stopOnCancel := context.AfterFunc(ctx, func() { mux.Close() })
+	defer stopOnCancel()
+
+	if err := awaitReady(mux, c.cfg.ConnectionWriteTimeout); err != nil {
+		return err
+	}
+	c.setConnected(true)
+	defer c.setConnected(false)
+	c.log.Info().Str("hub", c.cs.HostName).Msg("control session up")
+
+	for {
+		st, err := mux.AcceptStream()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("control session ended: %w", err)
+		}
+		handlers.Add(1)
+		go func() {
+			defer handlers.Done()
+			c.serve(ctx, st)
+		}()
+	}
+}
+
+// awaitReady reads the hub's SessionReady from the session's first stream.
+func awaitReady(mux *yamux.Session, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	st, err := mux.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("control session: no ready message from the hub: %w", err)
+	}
+	defer st.Close()
+	_ = st.SetReadDeadline(time.Now().Add(timeout))
+	var msg wire.SessionReady
+	if err := wire.ReadMessage(st, &msg); err != nil {
+		return fmt.Errorf("control session: ready message: %w", err)
+	}
+	return nil
+}
+
+// serve reads one stream request and runs the handler on it.
+func (c *DeviceClient) serve(ctx context.Context, st *yamux.Stream) {
+	_ = st.SetReadDeadline(time.Now().Add(c.cfg.ConnectionWriteTimeout))
+	var msg wire.StreamRequest
+	err := wire.ReadMessage(st, &msg)
+	if err == nil {
+		err = msg.Validate()
+	}
+	if err != nil {
+		c.log.Warn().Err(err).Msg("bad stream request from hub")
+		st.Close()
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	req := &StreamRequest{
+		ID:       msg.StreamID,
+		Name:     msg.Name,
+		Deadline: msg.Deadline,
+		dev:      c,
+		url:      msg.URL,
+		token:    msg.AuthToken,
+		ctl:      st,
+	}
+	c.handler(ctx, req)
+	if !req.answered {
+		_ = req.Reject("the device did not handle the stream request")
+	}
+}

@@ -1,0 +1,9 @@
+package hubclient
+
+// SetAcceptedHook makes Accept call f after answering the hub and before
+// connecting to the streaming endpoint, and returns a function that
+// removes it.
+func SetAcceptedHook(f func()) (restore func()) {
+	testHookAccepted = f
+	return func() { testHookAccepted = nil }
+}

@@ -1,0 +1,302 @@
+package hubclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/dsproxy/dsproxy/internal/wire"
+)
+
+// ServiceConfig configures a [ServiceClient].
+type ServiceConfig struct {
+	// ConnectionString is a policy connection string
+	// (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...). Opening
+	// streams needs ServiceConnect; registry calls need RegistryRead or
+	// RegistryWrite.
+	ConnectionString string
+
+	// TLSConfig verifies the hub; nil uses the system roots.
+	TLSConfig *tls.Config
+
+	// ConnectTimeout and ResponseTimeout, when set, are sent with each
+	// stream initiation (whole seconds): how long the hub may take to
+	// reach the device and how long the device has to answer. Zero leaves
+	// the hub's defaults (60 s each).
+	ConnectTimeout  time.Duration
+	ResponseTimeout time.Duration
+
+	// TokenTTL is the lifetime of the SAS tokens the client signs; zero
+	// means one hour.
+	TokenTTL time.Duration
+
+	// Logger receives debug logs. The zero value logs nothing.
+	Logger zerolog.Logger
+}
+
+// ServiceClient opens streams to devices and calls the registry. It is
+// safe for concurrent use.
+type ServiceClient struct {
+	*base
+	cfg ServiceConfig
+	log zerolog.Logger
+}
+
+// NewServiceClient checks cfg and returns a client. It does not contact the
+// hub.
+func NewServiceClient(cfg ServiceConfig) (*ServiceClient, error) {
+	b, err := newBase(cfg.ConnectionString, cfg.TLSConfig, cfg.TokenTTL)
+	if err != nil {
+		return nil, err
+	}
+	if b.cs.IsDevice() {
+		return nil, errors.New("connection string: a service needs a policy connection string (SharedAccessKeyName=...), not a device's")
+	}
+	return &ServiceClient{base: b, cfg: cfg, log: cfg.Logger}, nil
+}
+
+// HostName is the hub address from the connection string.
+func (c *ServiceClient) HostName() string { return c.cs.HostName }
+
+// Close releases idle connections to the hub. Streams already open are
+// not affected.
+func (c *ServiceClient) Close() { c.close() }
+
+// OpenStream asks the hub for a stream named name to device deviceID and,
+// when the device accepts, connects to the streaming endpoint. ctx bounds
+// the initiation and the connection, not the returned stream, which lives
+// until closed.
+//
+// A refusal is a [*RejectedError] (errors.Is ErrRejected) with the device's
+// reason; other failures are [*HubError]s matching ErrDeviceUnavailable,
+// ErrTimeout, ErrUnauthorized, ErrForbidden or ErrRateLimited.
+func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (*Conn, error) {
+	op := fmt.Sprintf("open stream %q to device %q", name, deviceID)
+	auth, err := c.authorization()
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
+		c.url("https", "/twins/"+pathEscape(deviceID)+"/streams/"+pathEscape(name)+"?api-version=2020-09-30"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	req.Header.Set("Authorization", auth)
+	if c.cfg.ConnectTimeout > 0 {
+		req.Header.Set(wire.HeaderConnectTimeout, strconv.Itoa(seconds(c.cfg.ConnectTimeout)))
+	}
+	if c.cfg.ResponseTimeout > 0 {
+		req.Header.Set(wire.HeaderResponseTimeout, strconv.Itoa(seconds(c.cfg.ResponseTimeout)))
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, hubError(op, resp)
+	}
+	switch resp.Header.Get(wire.HeaderIsAccepted) {
+	case wire.Accepted:
+	case wire.NotAccepted:
+		var body wire.InitiateResponse
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return nil, &RejectedError{DeviceID: deviceID, Name: name, Reason: orDefault(body.Reason, "no reason given")}
+	default:
+		return nil, fmt.Errorf("%s: hub answered without %s", op, wire.HeaderIsAccepted)
+	}
+	url, token := resp.Header.Get(wire.HeaderURL), resp.Header.Get(wire.HeaderAuthToken)
+	if url == "" || token == "" {
+		return nil, fmt.Errorf("%s: hub accepted without a streaming URL and token", op)
+	}
+	conn, err := dialStream(ctx, c.http, url, token)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	return conn, nil
+}
+
+// dialStream connects one side of a stream to the streaming endpoint.
+func dialStream(ctx context.Context, hc *http.Client, url, token string) (*Conn, error) {
+	var local, remote net.Addr
+	tr := hc.Transport.(*http.Transport).Clone()
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := dial(ctx, network, addr)
+		if err == nil {
+			local, remote = nc.LocalAddr(), nc.RemoteAddr()
+		}
+		return nc, err
+	}
+	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: tr},
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, hubError("connect to streaming endpoint", resp)
+		}
+		return nil, fmt.Errorf("connect to streaming endpoint: %w", err)
+	}
+	// The hub enforces its own limit; accept whatever it relays.
+	ws.SetReadLimit(-1)
+	return newConn(ws, local, remote), nil
+}
+
+func seconds(d time.Duration) int {
+	s := int((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+// Device is a registry entry as the hub returns it.
+type Device struct {
+	ID              string
+	Status          string // "enabled" or "disabled"
+	ConnectionState string // "Connected" or "Disconnected"
+	PrimaryKey      string
+	SecondaryKey    string
+	ETag            string
+}
+
+// deviceJSON is the Azure-shaped JSON of a device.
+type deviceJSON struct {
+	DeviceID        string `json:"deviceId"`
+	ETag            string `json:"etag,omitempty"`
+	ConnectionState string `json:"connectionState,omitempty"`
+	Status          string `json:"status,omitempty"`
+	Authentication  struct {
+		SymmetricKey struct {
+			PrimaryKey   string `json:"primaryKey"`
+			SecondaryKey string `json:"secondaryKey"`
+		} `json:"symmetricKey"`
+		Type string `json:"type"`
+	} `json:"authentication"`
+}
+
+func (d deviceJSON) device() Device {
+	return Device{
+		ID:              d.DeviceID,
+		Status:          d.Status,
+		ConnectionState: d.ConnectionState,
+		PrimaryKey:      d.Authentication.SymmetricKey.PrimaryKey,
+		SecondaryKey:    d.Authentication.SymmetricKey.SecondaryKey,
+		ETag:            d.ETag,
+	}
+}
+
+// do sends a registry request and decodes a JSON answer into out (when
+// non-nil).
+func (c *ServiceClient) do(ctx context.Context, op, method, path string, hdr http.Header, in, out any) error {
+	auth, err := c.authorization()
+	if err != nil {
+		return err
+	}
+	var body *bytes.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		body = bytes.NewReader(b)
+	} else {
+		body = bytes.NewReader(nil)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.url("https", path+"?api-version=2020-09-30"), body)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	req.Header.Set("Authorization", auth)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return hubError(op, resp)
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return fmt.Errorf("%s: decode answer: %w", op, err)
+		}
+	}
+	return nil
+}
+
+// GetDevice returns a registered device (needs RegistryRead).
+func (c *ServiceClient) GetDevice(ctx context.Context, id string) (Device, error) {
+	var d deviceJSON
+	err := c.do(ctx, fmt.Sprintf("get device %q", id), http.MethodGet, "/devices/"+pathEscape(id), nil, nil, &d)
+	return d.device(), err
+}
+
+// ListDevices returns every registered device (needs RegistryRead).
+func (c *ServiceClient) ListDevices(ctx context.Context) ([]Device, error) {
+	var ds []deviceJSON
+	if err := c.do(ctx, "list devices", http.MethodGet, "/devices", nil, nil, &ds); err != nil {
+		return nil, err
+	}
+	out := make([]Device, len(ds))
+	for i, d := range ds {
+		out[i] = d.device()
+	}
+	return out, nil
+}
+
+// CreateDevice registers a new, enabled device with fresh keys (needs
+// RegistryWrite). It fails with ErrExists when the ID is taken.
+func (c *ServiceClient) CreateDevice(ctx context.Context, id string) (Device, error) {
+	in := deviceJSON{DeviceID: id, Status: "enabled"}
+	in.Authentication.Type = "sas"
+	var d deviceJSON
+	err := c.do(ctx, fmt.Sprintf("create device %q", id), http.MethodPut, "/devices/"+pathEscape(id), nil, in, &d)
+	return d.device(), err
+}
+
+// UpdateDevice replaces a device's status and keys (needs RegistryWrite).
+// Empty keys are generated anew by the hub. etag "" updates whatever the
+// current state is.
+func (c *ServiceClient) UpdateDevice(ctx context.Context, d Device) (Device, error) {
+	in := deviceJSON{DeviceID: d.ID, Status: d.Status}
+	in.Authentication.Type = "sas"
+	in.Authentication.SymmetricKey.PrimaryKey = d.PrimaryKey
+	in.Authentication.SymmetricKey.SecondaryKey = d.SecondaryKey
+	etag := d.ETag
+	if etag == "" {
+		etag = "*"
+	}
+	var out deviceJSON
+	err := c.do(ctx, fmt.Sprintf("update device %q", d.ID), http.MethodPut, "/devices/"+pathEscape(d.ID),
+		http.Header{"If-Match": {etag}}, in, &out)
+	return out.device(), err
+}
+
+// DeleteDevice removes a device (needs RegistryWrite); its session ends.
+func (c *ServiceClient) DeleteDevice(ctx context.Context, id string) error {
+	return c.do(ctx, fmt.Sprintf("delete device %q", id), http.MethodDelete, "/devices/"+pathEscape(id),
+		http.Header{"If-Match": {"*"}}, nil, nil)
+}
+
+// DeviceConnectionString formats the connection string of a device on this
+// client's hub, with its primary key.
+func (c *ServiceClient) DeviceConnectionString(d Device) string {
+	return deviceConnString(c.cs.HostName, d.ID, d.PrimaryKey)
+}
