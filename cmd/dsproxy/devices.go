@@ -1,0 +1,175 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/dsproxy/dsproxy/hubclient"
+)
+
+func devicesCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "devices",
+		Usage: "register, list, show and delete devices",
+		Description: `Registry calls with a policy connection string (iothubowner, or registryRead /
+registryReadWrite). On the hub's machine, run from the directory that holds
+dsproxy-data/, they need no flags.
+
+Examples:
+   dsproxy devices add pi-42        # prints the device's connection string
+   dsproxy devices list
+   dsproxy devices show pi-42
+   dsproxy devices delete pi-42`,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "register a device and print its connection string",
+				ArgsUsage: "ID",
+				Flags:     clientFlags(),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "device ID")
+					if err != nil {
+						return err
+					}
+					sc, err := newServiceClient(c)
+					if err != nil {
+						return err
+					}
+					defer sc.Close()
+					d, err := sc.CreateDevice(c.Context, id)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(c.App.Writer, sc.DeviceConnectionString(d))
+					return nil
+				},
+			},
+			{
+				Name:  "list",
+				Usage: "list registered devices",
+				Flags: append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+				Action: func(c *cli.Context) error {
+					sc, err := newServiceClient(c)
+					if err != nil {
+						return err
+					}
+					defer sc.Close()
+					ds, err := sc.ListDevices(c.Context)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c, devicesJSON(ds))
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "DEVICE\tSTATUS\tCONNECTION")
+					for _, d := range ds {
+						fmt.Fprintf(tw, "%s\t%s\t%s\n", d.ID, d.Status, d.ConnectionState)
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name:      "show",
+				Usage:     "show one device, with its connection string",
+				ArgsUsage: "ID",
+				Flags:     append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "device ID")
+					if err != nil {
+						return err
+					}
+					sc, err := newServiceClient(c)
+					if err != nil {
+						return err
+					}
+					defer sc.Close()
+					d, err := sc.GetDevice(c.Context, id)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c, devicesJSON([]hubclient.Device{d})[0])
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintf(tw, "device:\t%s\n", d.ID)
+					fmt.Fprintf(tw, "status:\t%s\n", d.Status)
+					fmt.Fprintf(tw, "connection:\t%s\n", d.ConnectionState)
+					fmt.Fprintf(tw, "connection string:\t%s\n", sc.DeviceConnectionString(d))
+					return tw.Flush()
+				},
+			},
+			{
+				Name:      "delete",
+				Usage:     "delete a device; its session ends",
+				ArgsUsage: "ID",
+				Flags:     clientFlags(),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "device ID")
+					if err != nil {
+						return err
+					}
+					sc, err := newServiceClient(c)
+					if err != nil {
+						return err
+					}
+					defer sc.Close()
+					return sc.DeleteDevice(c.Context, id)
+				},
+			},
+		},
+	}
+}
+
+// deviceOut is a device as `devices list --json` prints it.
+type deviceOut struct {
+	DeviceID         string `json:"deviceId"`
+	Status           string `json:"status"`
+	ConnectionState  string `json:"connectionState"`
+	ConnectionString string `json:"connectionString,omitempty"`
+}
+
+func devicesJSON(ds []hubclient.Device) []deviceOut {
+	out := make([]deviceOut, len(ds))
+	for i, d := range ds {
+		out[i] = deviceOut{DeviceID: d.ID, Status: d.Status, ConnectionState: d.ConnectionState}
+	}
+	return out
+}
+
+func printJSON(c *cli.Context, v any) error {
+	enc := json.NewEncoder(c.App.Writer)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", errors.New("want exactly one " + what + "; see --help")
+	}
+	return c.Args().First(), nil
+}
+
+func newServiceClient(c *cli.Context) (*hubclient.ServiceClient, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := connectionString(c, log)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := clientTLS(c, log)
+	if err != nil {
+		return nil, err
+	}
+	return hubclient.NewServiceClient(hubclient.ServiceConfig{
+		ConnectionString: cs,
+		TLSConfig:        tlsCfg,
+		Logger:           log,
+	})
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/dsproxy/dsproxy/hub"
+)
+
+func hubCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "hub",
+		Usage: "run the hub that devices and service proxies connect to",
+		Description: `The hub keeps each device's control session, starts streams when a service
+asks, and relays the bytes. Everything is TLS. Without --tls-cert/--tls-key it
+makes a private CA in DATA_DIR/tls; clients trust DATA_DIR/tls/ca.pem.
+
+On first start it creates DATA_DIR (registry, keys, CA) and prints the owner
+connection string, which it also keeps in DATA_DIR/iothubowner.connection-string.
+
+Example:
+   dsproxy hub --listen :8443 --hostname hub.example.com`,
+		Flags: append(logFlags(),
+			&cli.StringFlag{Name: "listen", Value: ":8443", Usage: "`ADDR` to serve HTTPS on", EnvVars: []string{"DSPROXY_LISTEN"}},
+			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "`DIR` for the registry, keys and TLS material", EnvVars: []string{"DSPROXY_DATA_DIR"}},
+			&cli.StringSliceFlag{Name: "hostname", Usage: "`NAME` clients use to reach the hub (repeatable; the first goes into connection strings and stream URLs); default: this machine's host name and localhost", EnvVars: []string{"DSPROXY_HOSTNAME"}},
+			&cli.StringFlag{Name: "advertise", Usage: "`HOST:PORT` to put in stream URLs and connection strings when clients reach the hub through another address (load balancer, port mapping)", EnvVars: []string{"DSPROXY_ADVERTISE"}},
+			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate `FILE` to serve instead of the generated one", EnvVars: []string{"DSPROXY_TLS_CERT"}},
+			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key `FILE` of --tls-cert", EnvVars: []string{"DSPROXY_TLS_KEY"}},
+			&cli.DurationFlag{Name: "handshake-timeout", Value: hub.DefaultConfig().HandshakeTimeout, Usage: "how long both sides of a new stream have to connect", EnvVars: []string{"DSPROXY_HANDSHAKE_TIMEOUT"}},
+			&cli.DurationFlag{Name: "keepalive", Value: hub.DefaultConfig().KeepAliveInterval, Usage: "how often the hub pings each device", EnvVars: []string{"DSPROXY_KEEPALIVE"}},
+		),
+		Action: runHub,
+	}
+}
+
+func runHub(c *cli.Context) error {
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	cfg := hub.DefaultConfig()
+	cfg.DataDir = c.String("data-dir")
+	cfg.HostNames = c.StringSlice("hostname")
+	if len(cfg.HostNames) == 0 {
+		cfg.HostNames = defaultHostNames()
+	}
+	cfg.AdvertiseAddr = c.String("advertise")
+	cfg.TLSCertFile, cfg.TLSKeyFile = c.String("tls-cert"), c.String("tls-key")
+	cfg.HandshakeTimeout = c.Duration("handshake-timeout")
+	cfg.KeepAliveInterval = c.Duration("keepalive")
+	cfg.Logger = log
+
+	ln, err := net.Listen("tcp", c.String("listen"))
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.String("listen"), err)
+	}
+	srv, err := hub.New(cfg, ln)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	csFile := filepath.Join(cfg.DataDir, hub.OwnerConnectionStringFile)
+	caFile := filepath.Join(cfg.DataDir, "tls", "ca.pem")
+	if srv.FirstStart() {
+		w := c.App.Writer
+		fmt.Fprintf(w, "dsproxy hub: first start in %s\n\n", cfg.DataDir)
+		fmt.Fprintf(w, "Owner connection string (full control; kept in %s):\n\n  %s\n\n", csFile, srv.OwnerConnectionString())
+		if srv.CAPEM() != nil {
+			fmt.Fprintf(w, "Clients trust the hub's certificate with --ca-file %s (copy it to them).\n\n", caFile)
+		}
+		fmt.Fprintf(w, "Register a device:  dsproxy devices add my-device\n\n")
+	} else {
+		log.Info().Str("file", csFile).Msg("owner connection string")
+	}
+	return srv.Run(c.Context)
+}
+
+// defaultHostNames is this machine's name and localhost.
+func defaultHostNames() []string {
+	names := []string{}
+	if h, err := os.Hostname(); err == nil && h != "" && h != "localhost" {
+		names = append(names, h)
+	}
+	return append(names, "localhost")
+}
