@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -123,15 +124,22 @@ func verifyEither(tok sas.Token, primary, secondary string, now time.Time, skew 
 	}
 }
 
-// deviceFromResource extracts the device ID from a decoded device resource
-// "host/devices/{id}".
+// deviceFromResource extracts the device ID from a device resource
+// "host/devices/{id}" as decoded once from sr ([sas.Token.Resource]). The
+// ID segment is percent-decoded once more, as [sas.Token.Covers] does: the
+// SDKs encode the ID inside the resource ([sas.DeviceResource]) before
+// encoding the whole resource, so "a+b" arrives as "a%2Bb" here.
 func deviceFromResource(res string) (string, bool) {
 	_, path, ok := strings.Cut(res, "/")
 	if !ok {
 		return "", false
 	}
-	id, ok := strings.CutPrefix(path, "devices/")
-	if !ok || id == "" || strings.Contains(id, "/") {
+	seg, ok := strings.CutPrefix(path, "devices/")
+	if !ok || seg == "" || strings.Contains(seg, "/") {
+		return "", false
+	}
+	id, err := url.PathUnescape(seg)
+	if err != nil || id == "" {
 		return "", false
 	}
 	return id, true

@@ -96,7 +96,7 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 
 // handlePutDevice creates a device, or updates it when If-Match is given
 // (Azure semantics: without If-Match an existing device is a conflict).
-// Keys left empty are generated.
+// Keys left empty are generated on create and kept on update.
 func (s *Server) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if aerr := checkDeviceID(id); aerr != nil {
@@ -137,6 +137,22 @@ func (s *Server) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, http.StatusBadRequest, errBadRequest(fmt.Sprintf("status %q: want enabled or disabled", in.Status)))
 		return
 	}
+	ifMatch := r.Header.Get("If-Match")
+	if ifMatch != "" && (d.PrimaryKey == "" || d.SecondaryKey == "") {
+		// An update that leaves a key out keeps it: disabling a device
+		// must not rotate its keys.
+		cur, err := s.reg.GetDevice(r.Context(), id)
+		if err != nil {
+			s.registryError(w, r, id, err)
+			return
+		}
+		if d.PrimaryKey == "" {
+			d.PrimaryKey = cur.PrimaryKey
+		}
+		if d.SecondaryKey == "" {
+			d.SecondaryKey = cur.SecondaryKey
+		}
+	}
 	for _, k := range []*string{&d.PrimaryKey, &d.SecondaryKey} {
 		if *k == "" {
 			*k = sas.NewKey()
@@ -149,7 +165,6 @@ func (s *Server) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	ifMatch := r.Header.Get("If-Match")
 	var out registry.Device
 	if ifMatch == "" {
 		out, err = s.reg.CreateDevice(r.Context(), d)

@@ -56,9 +56,12 @@ const (
 	fieldPolicy = "policy"
 )
 
-// OwnerConnectionStringFile is the file in the data directory that holds the
-// iothubowner connection string (mode 0600), so scripts can pick it up.
-const OwnerConnectionStringFile = "iothubowner.connection-string"
+// Files in the data directory (mode 0600) that hold the connection strings
+// of the iothubowner and service policies, so scripts can pick them up.
+const (
+	OwnerConnectionStringFile   = "iothubowner.connection-string"
+	ServiceConnectionStringFile = "service.connection-string"
+)
 
 // Config configures a hub. The zero value is not usable; start from
 // [DefaultConfig].
@@ -185,6 +188,7 @@ type Server struct {
 	addr     string // host:port in URLs and connection strings
 	first    bool
 	ownerKey string
+	svcKey   string
 
 	// ctx is the lifetime of every connection the hub holds; it ends when
 	// Run is told to stop.
@@ -254,6 +258,11 @@ func (s *Server) open() error {
 		return fmt.Errorf("load owner policy: %w", err)
 	}
 	s.ownerKey = owner.PrimaryKey
+	svc, err := s.reg.GetPolicy(ctx, "service")
+	if err != nil {
+		return fmt.Errorf("load service policy: %w", err)
+	}
+	s.svcKey = svc.PrimaryKey
 
 	if s.cfg.TLSCertFile != "" {
 		s.tls, err = certs.LoadFiles(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
@@ -275,6 +284,9 @@ func (s *Server) open() error {
 	if s.cfg.DataDir != "" {
 		if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, OwnerConnectionStringFile), []byte(s.OwnerConnectionString()+"\n")); err != nil {
 			return fmt.Errorf("write owner connection string: %w", err)
+		}
+		if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, ServiceConnectionStringFile), []byte(s.ServiceConnectionString()+"\n")); err != nil {
+			return fmt.Errorf("write service connection string: %w", err)
 		}
 	}
 	return nil
@@ -323,6 +335,17 @@ func (s *Server) OwnerConnectionString() string {
 		HostName:            s.addr,
 		SharedAccessKeyName: "iothubowner",
 		SharedAccessKey:     s.ownerKey,
+	}.String()
+}
+
+// ServiceConnectionString is the service policy's connection string: it
+// may open streams (ServiceConnect) and nothing else, which is what an
+// engineer's service proxy needs.
+func (s *Server) ServiceConnectionString() string {
+	return sas.ConnectionString{
+		HostName:            s.addr,
+		SharedAccessKeyName: "service",
+		SharedAccessKey:     s.svcKey,
 	}.String()
 }
 

@@ -88,10 +88,12 @@ func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.In
 		c, err := io.CopyBuffer(&tw, r, buf)
 		n.Add(c)
 		if err != nil {
-			w.Close()
 			if tw.err != nil {
 				return end{from: 1 - from, err: tw.err}
 			}
+			// src died mid-message: leave the message unfinished, so
+			// dst cannot take the truncated part for a whole one; the
+			// close frame that follows says why.
 			return end{from: from, err: err}
 		}
 		if err := w.Close(); err != nil {

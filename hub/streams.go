@@ -372,7 +372,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	st.log.Info().
 		Int64("bytes_up", st.bytesUp.Load()).
 		Int64("bytes_down", st.bytesDown.Load()).
-		Dur("duration", time.Since(st.created)).
+		Stringer("duration", time.Since(st.created).Round(time.Millisecond)).
 		Str("reason", reason).
 		Msg("stream ended")
 	s.recordEvent(st, result, reason)

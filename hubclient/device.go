@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -77,8 +78,8 @@ func (r *StreamRequest) Accept(ctx context.Context) (*Conn, error) {
 	if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
 		return nil, err
 	}
-	if testHookAccepted != nil {
-		testHookAccepted()
+	if hook := testHookAccepted.Load(); hook != nil {
+		(*hook)()
 	}
 	if dl := r.Deadline; !dl.IsZero() {
 		var cancel context.CancelFunc
@@ -116,7 +117,7 @@ func (r *StreamRequest) answer(resp wire.StreamResponse) error {
 
 // testHookAccepted runs between a device's answer and its dial of the
 // streaming endpoint (see export_test.go).
-var testHookAccepted func()
+var testHookAccepted atomic.Pointer[func()]
 
 // DeviceClient holds a device's control session to the hub, redialling it
 // whenever it drops, and hands each stream request to its handler.
@@ -217,7 +218,7 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 		// Full jitter on the upper half: spreads a fleet's reconnects
 		// after a hub restart.
 		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn().Err(err).Dur("retry_in", wait).Msg("control session down")
+		c.log.Warn().Err(err).Stringer("retry_in", wait.Round(time.Millisecond)).Msg("control session down")
 		select {
 		case <-ctx.Done():
 			return nil

@@ -4,6 +4,6 @@ package hubclient
 // connecting to the streaming endpoint, and returns a function that
 // removes it.
 func SetAcceptedHook(f func()) (restore func()) {
-	testHookAccepted = f
-	return func() { testHookAccepted = nil }
+	testHookAccepted.Store(&f)
+	return func() { testHookAccepted.Store(nil) }
 }

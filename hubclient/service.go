@@ -272,8 +272,9 @@ func (c *ServiceClient) CreateDevice(ctx context.Context, id string) (Device, er
 }
 
 // UpdateDevice replaces a device's status and keys (needs RegistryWrite).
-// Empty keys are generated anew by the hub. etag "" updates whatever the
-// current state is.
+// Empty keys keep their current value. d.ETag "" updates whatever the
+// current state is; otherwise a device changed since fails with a
+// *HubError of status 412.
 func (c *ServiceClient) UpdateDevice(ctx context.Context, d Device) (Device, error) {
 	in := deviceJSON{DeviceID: d.ID, Status: d.Status}
 	in.Authentication.Type = "sas"

@@ -112,7 +112,7 @@ func (d *Device) HandleStream(ctx context.Context, req *hubclient.StreamRequest)
 // device) and down, duration and how it ended.
 func logEnd(ev *zerolog.Event, up, down int64, start time.Time, err error) *zerolog.Event {
 	return ev.Int64(fieldBytesUp, up).Int64(fieldBytesDown, down).
-		Dur(fieldDuration, time.Since(start)).Str(fieldEnd, endReason(err))
+		Stringer(fieldDuration, time.Since(start).Round(time.Millisecond)).Str(fieldEnd, endReason(err))
 }
 
 // endReason says how a Join ended, in words for the log.

@@ -82,7 +82,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
 				// Out of file descriptors or similar: back off like net/http.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn().Err(err).Dur("retry_in", delay).Msg("accept failed")
+				s.log.Warn().Err(err).Stringer("retry_in", delay).Msg("accept failed")
 				select {
 				case <-time.After(delay):
 				case <-ctx.Done():

@@ -2,8 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
@@ -148,10 +148,16 @@ func printJSON(c *cli.Context, v any) error {
 }
 
 func oneArg(c *cli.Context, what string) (string, error) {
-	if c.NArg() != 1 {
-		return "", errors.New("want exactly one " + what + "; see --help")
+	args := c.Args().Slice()
+	for _, a := range args[min(1, len(args)):] {
+		if strings.HasPrefix(a, "-") {
+			return "", fmt.Errorf("flags go before the %s: dsproxy %s [flags] %s", what, c.Command.HelpName[len("dsproxy "):], args[0])
+		}
 	}
-	return c.Args().First(), nil
+	if len(args) != 1 {
+		return "", fmt.Errorf("want exactly one %s; see --help", what)
+	}
+	return args[0], nil
 }
 
 func newServiceClient(c *cli.Context) (*hubclient.ServiceClient, error) {

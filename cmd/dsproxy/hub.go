@@ -70,6 +70,8 @@ func runHub(c *cli.Context) error {
 		w := c.App.Writer
 		fmt.Fprintf(w, "dsproxy hub: first start in %s\n\n", cfg.DataDir)
 		fmt.Fprintf(w, "Owner connection string (full control; kept in %s):\n\n  %s\n\n", csFile, srv.OwnerConnectionString())
+		fmt.Fprintf(w, "Service connection string (opens streams only, for engineers' service proxies; kept in %s):\n\n  %s\n\n",
+			filepath.Join(cfg.DataDir, hub.ServiceConnectionStringFile), srv.ServiceConnectionString())
 		if srv.CAPEM() != nil {
 			fmt.Fprintf(w, "Clients trust the hub's certificate with --ca-file %s (copy it to them).\n\n", caFile)
 		}

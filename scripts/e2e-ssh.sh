@@ -1,0 +1,579 @@
+#!/usr/bin/env bash
+# Functions run through wait_for look unused to shellcheck:
+# shellcheck disable=SC2317,SC2329
+#
+# e2e-ssh.sh: the end-to-end test of dsproxy with real OpenSSH.
+#
+# Everything runs on 127.0.0.1, in a temporary work directory that is removed
+# on exit, together with every process the script started:
+#
+#   a private sshd (own host key, an authorized test key, a free port)
+#   dsproxy hub      (own data dir, generated CA)
+#   dsproxy device   (--target ssh=127.0.0.1:SSHD_PORT)
+#   dsproxy service  (--device-id e2e-dev --listen 127.0.0.1:PORT)
+#   dsproxy dev      (hub + device + service in one process)
+#
+# and then checks, each printing PASS or FAIL:
+#   a. ssh runs a command on the "device"
+#   b. scp copies a 32 MiB random file there and back; sha256 all match
+#   c. ssh 'sha256sum' < file (needs half-close) prints the right hash
+#   d. a-c again through `dsproxy dev`
+#   e. kill -9 of the device process mid-transfer ends the ssh client with an
+#      error within 10 s; the hub keeps serving another device; the restarted
+#      device is reachable again.
+#
+# Usage: scripts/e2e-ssh.sh
+# Environment:
+#   DSPROXY_BIN   the dsproxy binary to test (default: built from this checkout)
+#   E2E_KEEP=1    keep the work directory (its path is printed)
+#
+# Needs: bash, coreutils, OpenSSH (sshd, ssh, scp, ssh-keygen), Go (unless
+# DSPROXY_BIN is set), and python3 or perl to ask the kernel for free ports.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/dsproxy-e2e.XXXXXX")
+LOGS=$WORK/logs
+DATA=$WORK/data
+mkdir -p "$LOGS" "$DATA"
+
+FAILS=0
+PASSES=0
+START_NS=$(date +%s%N)
+
+# Started processes, in start order; cleanup stops them newest first.
+PROC_NAMES=()
+PROC_PIDS=()
+declare -A PROC_PID=()
+
+log() { printf '%s e2e: %s\n' "$(date +%T)" "$*"; }
+pass() {
+	PASSES=$((PASSES + 1))
+	printf 'PASS: %s\n' "$*"
+}
+fail() {
+	FAILS=$((FAILS + 1))
+	printf 'FAIL: %s\n' "$*"
+}
+die() {
+	fail "$*"
+	exit 1
+}
+
+now_ns() { date +%s%N; }
+# secs_since NS: seconds since NS, with millisecond precision.
+secs_since() {
+	local d
+	d=$(($(now_ns) - $1))
+	printf '%d.%03d' $((d / 1000000000)) $((d / 1000000 % 1000))
+}
+
+# redact hides keys in commands that are printed.
+redact() { sed -E 's/(SharedAccessKey=)[^;" ]*/\1<redacted>/g'; }
+
+# show_logs prints the tail of every log file of the started processes.
+show_logs() {
+	local f
+	for f in "$LOGS"/*; do
+		[[ -s $f ]] || continue
+		printf '\n----- last 30 lines of %s -----\n' "${f#"$WORK"/}"
+		tail -n 30 "$f" | redact
+	done
+	printf '\n'
+}
+
+alive() {
+	local state
+	state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+	[[ -n $state && $state != Z ]]
+}
+
+# stop_proc NAME PID: SIGTERM, up to 5 s to exit, then SIGKILL; reaps it.
+# Returns 1 when it had to be killed. A process that was running and exits
+# non-zero on SIGTERM gets a warning.
+stop_proc() {
+	local name=$1 pid=$2 deadline rc=0 was_alive=0 status=0
+	if alive "$pid"; then
+		was_alive=1
+		kill -TERM "$pid" 2>/dev/null || true
+		deadline=$(($(now_ns) + 5000000000))
+		while alive "$pid" && (($(now_ns) < deadline)); do sleep 0.05; done
+		if alive "$pid"; then
+			printf 'WARN: %s (pid %s) still running 5 s after SIGTERM: killing it\n' "$name" "$pid"
+			kill -KILL "$pid" 2>/dev/null || true
+			rc=1
+		fi
+	fi
+	{ wait "$pid"; } 2>/dev/null || status=$?
+	if ((was_alive && rc == 0 && status != 0 && status != 127)) && [[ $name == dsproxy-* ]]; then
+		printf 'WARN: %s exited %d on SIGTERM, want 0\n' "$name" "$status"
+	fi
+	return "$rc"
+}
+
+cleanup() {
+	local rc=$? i name pid
+	trap - EXIT INT TERM
+	# Newest first: proxies before the hub, the hub before sshd.
+	for ((i = ${#PROC_PIDS[@]} - 1; i >= 0; i--)); do
+		name=${PROC_NAMES[i]} pid=${PROC_PIDS[i]}
+		if ! stop_proc "$name" "$pid" && [[ $name == dsproxy-* ]]; then
+			fail "$name did not stop within 5 s of SIGTERM"
+		fi
+	done
+	if ((FAILS > 0 || rc != 0)); then
+		show_logs
+		((rc != 0)) || rc=1
+	fi
+	if [[ ${E2E_KEEP:-} == 1 ]]; then
+		log "work directory kept: $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	printf '\ne2e-ssh: %d passed, %d failed, %ss%s\n' "$PASSES" "$FAILS" "$(secs_since "$START_NS")" \
+		"${E_SECS:+; ssh ended ${E_SECS}s after kill -9 of the device}"
+	if ((rc == 0)); then echo "e2e-ssh: OK"; else echo "e2e-ssh: FAILED"; fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD...: runs CMD in the background, stdout to LOGS/NAME.out and
+# stderr to LOGS/NAME.log. NAME must be new.
+start() {
+	local name=$1
+	shift
+	printf '%s e2e: start %s: %s\n' "$(date +%T)" "$name" "$(printf '%q ' "$@" | redact)"
+	"$@" >"$LOGS/$name.out" 2>"$LOGS/$name.log" </dev/null &
+	PROC_NAMES+=("$name")
+	PROC_PIDS+=("$!")
+	PROC_PID[$name]=$!
+}
+
+# wait_for DESC SECONDS NAME CMD...: polls CMD until it succeeds. Fails when
+# the process NAME exits first or the deadline passes.
+wait_for() {
+	local desc=$1 secs=$2 name=$3 t0 deadline
+	shift 3
+	t0=$(now_ns)
+	deadline=$((t0 + secs * 1000000000))
+	while :; do
+		if "$@" 2>/dev/null; then
+			log "$desc: ready after $(secs_since "$t0")s"
+			return 0
+		fi
+		if [[ -n $name ]] && ! alive "${PROC_PID[$name]}"; then
+			log "$desc: $name exited before it was ready"
+			return 1
+		fi
+		if (($(now_ns) > deadline)); then
+			log "$desc: not ready after ${secs}s"
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# free_port asks the kernel for a free port on 127.0.0.1. Another process can
+# take it before ours binds it, so starters retry on a bind failure.
+free_port() {
+	if command -v python3 >/dev/null; then
+		python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+	else
+		# shellcheck disable=SC2016 # perl code, not shell
+		perl -MIO::Socket::INET -e 'my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 1) or die "bind: $!"; print $s->sockport, "\n"'
+	fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# bind_failed NAME: whether NAME's log says its port was taken.
+bind_failed() { grep -qiE 'address already in use|cannot bind|bind to port .* failed' "$LOGS/$1.log"; }
+
+# ---------------------------------------------------------------- tools
+
+for tool in sshd ssh scp ssh-keygen sha256sum; do
+	if ! command -v "$tool" >/dev/null && ! [[ -x /usr/sbin/$tool ]]; then
+		die "$tool not found: install OpenSSH (Debian/Ubuntu: apt-get install -y openssh-server openssh-client)"
+	fi
+done
+SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+if ! command -v python3 >/dev/null && ! command -v perl >/dev/null; then
+	die "need python3 or perl to find free ports"
+fi
+
+if [[ -n ${DSPROXY_BIN:-} ]]; then
+	BIN=$DSPROXY_BIN
+	[[ -x $BIN ]] || die "DSPROXY_BIN=$BIN is not an executable"
+else
+	BIN=$WORK/dsproxy
+	log "building dsproxy: go build -o $BIN ./cmd/dsproxy"
+	(cd "$ROOT" && go build -o "$BIN" ./cmd/dsproxy) || die "go build ./cmd/dsproxy failed"
+fi
+log "work dir $WORK, binary $BIN"
+
+# ---------------------------------------------------------------- sshd
+
+USER_NAME=$(id -un)
+mkdir -p "$WORK/sshd"
+ssh-keygen -q -t ed25519 -N '' -C e2e-host -f "$WORK/sshd/host_ed25519"
+ssh-keygen -q -t ed25519 -N '' -C e2e-client -f "$WORK/client_ed25519"
+cp "$WORK/client_ed25519.pub" "$WORK/sshd/authorized_keys"
+chmod 600 "$WORK/sshd/authorized_keys"
+# sshd's privilege separation directory (root only; Debian keeps it in /run).
+if ((EUID == 0)); then mkdir -p /run/sshd && chmod 755 /run/sshd; fi
+
+start_sshd() {
+	local port=$1 name=$2
+	cat >"$WORK/sshd/config" <<EOF
+Port $port
+HostKey $WORK/sshd/host_ed25519
+AuthorizedKeysFile $WORK/sshd/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+X11Forwarding no
+PrintMotd no
+Subsystem sftp internal-sftp
+EOF
+	start "$name" "$SSHD" -D -e -f "$WORK/sshd/config" -o ListenAddress=127.0.0.1
+	wait_for "sshd on port $port" 10 "$name" port_open "$port"
+}
+
+SSHD_PORT=
+for attempt in 1 2 3 4 5; do
+	port=$(free_port)
+	if start_sshd "$port" "sshd-$attempt"; then
+		SSHD_PORT=$port
+		break
+	fi
+	bind_failed "sshd-$attempt" || die "sshd did not start"
+	log "sshd: port $port was taken, retrying"
+done
+[[ -n $SSHD_PORT ]] || die "sshd: no free port after 5 attempts"
+
+SSH_OPTS=(-F none -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+	-o BatchMode=yes -o LogLevel=ERROR -o IdentitiesOnly=yes -o ConnectTimeout=15
+	-i "$WORK/client_ed25519")
+# Sanity check: sshd itself, without dsproxy, so that a failure below is
+# dsproxy's.
+if ! out=$(ssh "${SSH_OPTS[@]}" -p "$SSHD_PORT" "$USER_NAME@127.0.0.1" 'echo direct-ok' </dev/null 2>"$LOGS/ssh-direct.log") ||
+	[[ $out != direct-ok ]]; then
+	die "ssh straight to the private sshd does not work (the test setup, not dsproxy): $(cat "$LOGS/ssh-direct.log")"
+fi
+log "private sshd on 127.0.0.1:$SSHD_PORT works"
+
+# ---------------------------------------------------------------- hub
+
+HUB_DIR=$WORK/hub
+CA=$HUB_DIR/tls/ca.pem
+hub_ready() {
+	[[ -s $HUB_DIR/iothubowner.connection-string && -s $CA ]] || return 1
+	if command -v curl >/dev/null; then
+		curl -sf --max-time 2 --cacert "$CA" "https://127.0.0.1:$1/healthz" >/dev/null
+	else
+		port_open "$1"
+	fi
+}
+HUB_PORT=
+for attempt in 1 2 3 4 5; do
+	port=$(free_port)
+	start "dsproxy-hub-$attempt" "$BIN" hub --listen "127.0.0.1:$port" --hostname 127.0.0.1 \
+		--data-dir "$HUB_DIR" --log-format json --log-level debug
+	if wait_for "hub on port $port" 20 "dsproxy-hub-$attempt" hub_ready "$port"; then
+		HUB_PORT=$port
+		HUB_NAME=dsproxy-hub-$attempt
+		break
+	fi
+	bind_failed "dsproxy-hub-$attempt" || die "dsproxy hub did not start"
+	log "hub: port $port was taken, retrying"
+done
+[[ -n $HUB_PORT ]] || die "hub: no free port after 5 attempts"
+OWNER_CS=$(cat "$HUB_DIR/iothubowner.connection-string")
+if grep -qF "$OWNER_CS" "$LOGS/$HUB_NAME.out"; then
+	pass "hub printed the owner connection string on first start"
+else
+	fail "hub did not print the owner connection string on stdout on first start"
+fi
+if [[ $(stat -c %a "$HUB_DIR/iothubowner.connection-string") == 600 ]]; then
+	pass "owner connection string file is mode 0600"
+else
+	fail "owner connection string file is mode $(stat -c %a "$HUB_DIR/iothubowner.connection-string"), want 0600"
+fi
+
+CLIENT=(--connection-string "$OWNER_CS" --ca-file "$CA")
+
+# ---------------------------------------------------------------- devices
+
+# add_device ID: registers ID and prints its connection string; on failure
+# it says why on stderr.
+add_device() {
+	local cs
+	if ! cs=$("$BIN" devices add "${CLIENT[@]}" "$1" 2>>"$LOGS/devices-cli.log"); then
+		printf 'dsproxy devices add %s failed: %s\n' "$1" "$(tail -n 3 "$LOGS/devices-cli.log")" >&2
+		return 1
+	fi
+	if [[ $cs != *"DeviceId=$1;"* || $cs != *SharedAccessKey=* ]]; then
+		printf 'dsproxy devices add %s printed no device connection string: %q\n' "$1" "$cs" >&2
+		return 1
+	fi
+	printf '%s\n' "$cs"
+}
+
+# device_state ID: the hub's connectionState of ID.
+device_state() {
+	"$BIN" devices show --json "${CLIENT[@]}" "$1" 2>>"$LOGS/devices-cli.log" |
+		sed -nE 's/.*"connectionState": *"([^"]*)".*/\1/p'
+}
+device_is() { [[ $(device_state "$1") == "$2" ]]; }
+
+# start_device NAME ID CS: runs a device agent and waits until the hub shows
+# it connected.
+start_device() {
+	start "$1" "$BIN" device --connection-string "$3" --ca-file "$CA" \
+		--target "ssh=127.0.0.1:$SSHD_PORT" --log-format json --log-level debug
+	wait_for "device $2 connected" 20 "$1" device_is "$2" Connected
+}
+
+# start_service NAME ID: runs a service proxy for ID on a free port; sets
+# SVC_PORT.
+start_service() {
+	local name=$1 id=$2 attempt port
+	SVC_PORT=
+	for attempt in 1 2 3 4 5; do
+		port=$(free_port)
+		start "$name-$attempt" "$BIN" service "${CLIENT[@]}" --device-id "$id" \
+			--listen "127.0.0.1:$port" --log-format json --log-level debug
+		if wait_for "service for $id on port $port" 15 "$name-$attempt" port_open "$port"; then
+			SVC_PORT=$port
+			return 0
+		fi
+		bind_failed "$name-$attempt" || return 1
+	done
+	return 1
+}
+
+DEV_CS=$(add_device e2e-dev) || die "devices add e2e-dev"
+pass "devices add e2e-dev printed the device connection string"
+start_device dsproxy-device e2e-dev "$DEV_CS" || die "device e2e-dev did not connect"
+start_service dsproxy-service e2e-dev || die "service proxy for e2e-dev did not start"
+SVC1_PORT=$SVC_PORT
+
+# ---------------------------------------------------------------- checks
+
+head -c 32M /dev/urandom >"$DATA/src.bin"
+SRC_SUM=$(sha256sum "$DATA/src.bin" | cut -d' ' -f1)
+EXPECTED_A=$(printf 'hello-from-device\n%s' "$(hostname)")
+
+# Every client command is bounded, so that a hang fails the run instead of
+# stalling it: timeout exits 124.
+CLIENT_TIMEOUT=60
+
+# exit_reason RC: how a bounded client command ended.
+exit_reason() {
+	if (($1 == 124)); then echo "did not finish in $CLIENT_TIMEOUT s"; else echo "exited $1"; fi
+}
+
+# check_a VIA PORT: a command runs on the device.
+check_a() {
+	local via=$1 port=$2 out t0 rc=0
+	t0=$(now_ns)
+	out=$(timeout "$CLIENT_TIMEOUT" ssh "${SSH_OPTS[@]}" -p "$port" "$USER_NAME@127.0.0.1" \
+		'echo hello-from-device; hostname' </dev/null 2>"$LOGS/ssh-a-$via.err") || rc=$?
+	if ((rc != 0)); then
+		fail "a [$via] ssh $(exit_reason "$rc"): $(tail -n 3 "$LOGS/ssh-a-$via.err")"
+		return 0
+	fi
+	if [[ $out == "$EXPECTED_A" ]]; then
+		pass "a [$via] ssh runs a command on the device ($(secs_since "$t0")s)"
+	else
+		fail "a [$via] ssh printed $(printf %q "$out"), want $(printf %q "$EXPECTED_A")"
+	fi
+}
+
+# check_b VIA PORT: scp 32 MiB there and back.
+check_b() {
+	local via=$1 port=$2 t0 there back sum_there sum_back up down rc=0
+	there=$DATA/on-device-$via.bin
+	back=$DATA/back-$via.bin
+	t0=$(now_ns)
+	timeout "$CLIENT_TIMEOUT" scp "${SSH_OPTS[@]}" -P "$port" "$DATA/src.bin" "$USER_NAME@127.0.0.1:$there" \
+		</dev/null 2>"$LOGS/scp-b-$via.err" || rc=$?
+	if ((rc != 0)); then
+		fail "b [$via] scp to the device $(exit_reason "$rc"): $(tail -n 3 "$LOGS/scp-b-$via.err")"
+		return 0
+	fi
+	up=$(secs_since "$t0")
+	t0=$(now_ns)
+	timeout "$CLIENT_TIMEOUT" scp "${SSH_OPTS[@]}" -P "$port" "$USER_NAME@127.0.0.1:$there" "$back" \
+		</dev/null 2>>"$LOGS/scp-b-$via.err" || rc=$?
+	if ((rc != 0)); then
+		fail "b [$via] scp from the device $(exit_reason "$rc"): $(tail -n 3 "$LOGS/scp-b-$via.err")"
+		return 0
+	fi
+	down=$(secs_since "$t0")
+	sum_there=$(sha256sum "$there" | cut -d' ' -f1)
+	sum_back=$(sha256sum "$back" | cut -d' ' -f1)
+	if [[ $sum_there == "$SRC_SUM" && $sum_back == "$SRC_SUM" ]]; then
+		pass "b [$via] scp 32 MiB to the device (${up}s) and back (${down}s), sha256 match"
+	else
+		fail "b [$via] sha256 mismatch: source $SRC_SUM, on device $sum_there, back $sum_back"
+	fi
+	rm -f "$there" "$back"
+}
+
+# check_c VIA PORT: stdin to a remote command, ended by half-close.
+check_c() {
+	local via=$1 port=$2 out t0 rc=0
+	t0=$(now_ns)
+	# Without half-close, sha256sum never sees EOF: bound the wait.
+	out=$(timeout "$CLIENT_TIMEOUT" ssh "${SSH_OPTS[@]}" -p "$port" "$USER_NAME@127.0.0.1" sha256sum <"$DATA/src.bin" 2>"$LOGS/ssh-c-$via.err") || rc=$?
+	if ((rc == 124)); then
+		fail "c [$via] ssh 'sha256sum' < file did not finish in $CLIENT_TIMEOUT s: EOF (half-close) did not reach the device?"
+	elif ((rc != 0)); then
+		fail "c [$via] ssh 'sha256sum' < file exited $rc: $(tail -n 3 "$LOGS/ssh-c-$via.err")"
+	elif [[ ${out%% *} == "$SRC_SUM" ]]; then
+		pass "c [$via] ssh 'sha256sum' < 32 MiB file prints the right hash ($(secs_since "$t0")s)"
+	else
+		fail "c [$via] ssh 'sha256sum' printed $(printf %q "$out"), want $SRC_SUM"
+	fi
+}
+
+log "checks through dsproxy service (127.0.0.1:$SVC1_PORT)"
+check_a service "$SVC1_PORT"
+check_b service "$SVC1_PORT"
+check_c service "$SVC1_PORT"
+
+# ---------------------------------------------------------------- d: dev
+
+DEV_PORT=
+for attempt in 1 2 3 4 5; do
+	port=$(free_port)
+	start "dsproxy-dev-$attempt" "$BIN" dev --target "127.0.0.1:$SSHD_PORT" \
+		--listen "127.0.0.1:$port" --log-format json --log-level debug
+	if wait_for "dsproxy dev on port $port" 20 "dsproxy-dev-$attempt" port_open "$port"; then
+		DEV_PORT=$port
+		DEV_NAME=dsproxy-dev-$attempt
+		break
+	fi
+	bind_failed "dsproxy-dev-$attempt" || break
+done
+if [[ -z $DEV_PORT ]]; then
+	fail "d dsproxy dev did not start"
+elif ! wait_for "dsproxy dev 'ssh -p' line" 20 "$DEV_NAME" grep -q "ssh -p $DEV_PORT" "$LOGS/$DEV_NAME.out"; then
+	fail "d dsproxy dev did not print 'ssh -p $DEV_PORT' on stdout"
+else
+	pass "d dsproxy dev printed: $(grep -m1 "ssh -p" "$LOGS/$DEV_NAME.out" | sed 's/^ *//')"
+	log "checks through dsproxy dev (127.0.0.1:$DEV_PORT)"
+	check_a dev "$DEV_PORT"
+	check_b dev "$DEV_PORT"
+	check_c dev "$DEV_PORT"
+fi
+
+# ---------------------------------------------------------------- e: kill -9
+
+log "e: kill -9 of the device process in the middle of a transfer"
+E=$WORK/e
+mkdir -p "$E"
+# The subshell records ssh's pid, exit status and end time.
+(
+	ssh "${SSH_OPTS[@]}" -p "$SVC1_PORT" "$USER_NAME@127.0.0.1" 'cat /dev/zero' \
+		</dev/null >/dev/null 2>"$LOGS/ssh-e.err" &
+	echo "$!" >"$E/pid"
+	rc=0
+	wait "$!" || rc=$?
+	date +%s%N >"$E/end"
+	echo "$rc" >"$E/rc"
+) &
+E_WRAPPER=$!
+PROC_NAMES+=(ssh-e-wrapper)
+PROC_PIDS+=("$E_WRAPPER")
+wait_for "ssh client started" 10 "" test -s "$E/pid" || die "e could not start the ssh client"
+SSH_E_PID=$(cat "$E/pid")
+PROC_NAMES+=(ssh-e)
+PROC_PIDS+=("$SSH_E_PID")
+
+# ssh_read_bytes: bytes the ssh client has read (from the proxy, mostly).
+ssh_read_bytes() {
+	awk '/^rchar:/ {print $2}' "/proc/$SSH_E_PID/io" 2>/dev/null
+}
+bytes_at_least() {
+	local n
+	n=$(ssh_read_bytes) && [[ -n $n ]] && ((n >= $1))
+}
+
+if ! [[ -r /proc/$SSH_E_PID/io ]]; then
+	fail "e cannot read /proc/$SSH_E_PID/io to watch the transfer (not Linux, or /proc is restricted)"
+elif ! wait_for "transfer through the service proxy" 20 "" bytes_at_least $((4 << 20)); then
+	fail "e no bytes flowed through the service proxy (ssh 'cat /dev/zero'): $(tail -n 3 "$LOGS/ssh-e.err")"
+else
+	b0=$(ssh_read_bytes)
+	t0=$(now_ns)
+	# Let it run for about a second, watching it.
+	while (($(now_ns) - t0 < 1000000000)) && [[ ! -e $E/rc ]]; do sleep 0.05; done
+	b1=$(ssh_read_bytes || echo 0)
+	if [[ -e $E/rc ]]; then
+		fail "e the transfer ended by itself before the kill (exit $(cat "$E/rc")): $(tail -n 3 "$LOGS/ssh-e.err")"
+	elif ((b1 <= b0)); then
+		fail "e the transfer stalled before the kill ($b0 bytes, then $b1)"
+	else
+		log "e: transfer running: $(((b1 - b0) >> 20)) MiB in the last $(secs_since "$t0")s; kill -9 the device (pid ${PROC_PID[dsproxy-device]})"
+		kill -KILL "${PROC_PID[dsproxy-device]}"
+		t_kill=$(now_ns)
+		# Reap it here, quietly (bash reports killed jobs).
+		{ wait "${PROC_PID[dsproxy-device]}"; } 2>/dev/null || true
+		deadline=$((t_kill + 10000000000))
+		while [[ ! -e $E/rc ]] && (($(now_ns) < deadline)); do sleep 0.02; done
+		if [[ ! -e $E/rc ]]; then
+			fail "e ssh client still running 10 s after kill -9 of the device process: the hub or the service proxy did not end the stream"
+			kill -KILL "$SSH_E_PID" 2>/dev/null || true
+		else
+			end_ns=$(cat "$E/end")
+			d=$((end_ns - t_kill))
+			E_SECS=$(printf '%d.%03d' $((d / 1000000000)) $((d / 1000000 % 1000)))
+			rc=$(cat "$E/rc")
+			if ((rc != 0)); then
+				msg=$(head -n 1 "$LOGS/ssh-e.err")
+				pass "e ssh client ended with exit $rc ${E_SECS}s after kill -9 of the device${msg:+ ($msg)}"
+			else
+				fail "e ssh client exited 0 ${E_SECS}s after kill -9 of the device: want an error"
+			fi
+		fi
+	fi
+fi
+stop_proc ssh-e "$SSH_E_PID" || true
+wait "$E_WRAPPER" 2>/dev/null || true
+
+if alive "${PROC_PID[$HUB_NAME]}"; then
+	pass "e hub still running after the device was killed"
+else
+	die "e the hub exited after the device was killed"
+fi
+if wait_for "hub marks e2e-dev disconnected" 40 "" device_is e2e-dev Disconnected; then
+	pass "e hub shows e2e-dev Disconnected after kill -9"
+else
+	fail "e hub still shows e2e-dev $(device_state e2e-dev) 40 s after kill -9 of its agent"
+fi
+
+# Another device on the same hub.
+DEV2_CS=$(add_device e2e-dev2) || die "devices add e2e-dev2"
+if start_device dsproxy-device2 e2e-dev2 "$DEV2_CS" && start_service dsproxy-service2 e2e-dev2; then
+	check_a service2-dev2 "$SVC_PORT"
+else
+	fail "e second device or its service proxy did not start"
+fi
+
+# The first device again, through the first service proxy.
+if start_device dsproxy-device-restarted e2e-dev "$DEV_CS"; then
+	check_a service-restarted "$SVC1_PORT"
+else
+	fail "e the restarted device e2e-dev did not reconnect"
+fi
+
+# Every process still running is stopped by cleanup; a dsproxy one that
+# ignores SIGTERM fails the run.

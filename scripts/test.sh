@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# test.sh: dsproxy's one test command. Run it from anywhere in the checkout.
+#
+#   scripts/test.sh           gofmt, go vet, go test -race, every fuzz target
+#                             for $FUZZTIME, and the end-to-end test with real
+#                             OpenSSH (scripts/e2e-ssh.sh)
+#   scripts/test.sh --quick   the same without fuzzing, and go test -short
+#
+# Environment:
+#   DSPROXY_REQUIRE_SSH=1   OpenSSH missing is a failure (CI sets it); without
+#                           it the end-to-end test is skipped, loudly
+#   FUZZTIME                how long each fuzz target runs (default 5s)
+#
+# Every step runs even when an earlier one failed; the summary at the end
+# lists them, and the exit status is non-zero when any failed.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+quick=0
+for arg in "$@"; do
+	case $arg in
+	--quick) quick=1 ;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	*)
+		echo "test.sh: unknown argument $arg" >&2
+		usage >&2
+		exit 2
+		;;
+	esac
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+FUZZTIME=${FUZZTIME:-5s}
+START=$SECONDS
+SUMMARY=()
+FAILED=0
+
+# step NAME CMD...: runs CMD, records PASS or FAIL with its duration.
+step() {
+	local name=$1 t0=$SECONDS
+	shift
+	printf '\n==> %s\n' "$name"
+	if "$@"; then
+		SUMMARY+=("PASS  $name ($((SECONDS - t0))s)")
+	else
+		SUMMARY+=("FAIL  $name ($((SECONDS - t0))s)")
+		FAILED=1
+	fi
+}
+
+gofmt_clean() {
+	local out
+	out=$(gofmt -l .)
+	if [[ -n $out ]]; then
+		printf 'gofmt: these files need formatting (run gofmt -w):\n%s\n' "$out"
+		return 1
+	fi
+}
+
+go_test() {
+	local flags=(-race -count=1)
+	((quick)) && flags+=(-short)
+	if [[ $(go env CGO_ENABLED) != 1 ]]; then
+		echo "go test -race needs cgo and a C compiler: apt-get install -y gcc libc6-dev (or set CGO_ENABLED=1)"
+		return 1
+	fi
+	go test "${flags[@]}" ./...
+}
+
+# fuzz_all runs each fuzz target alone: -fuzz takes one package and one target.
+fuzz_all() {
+	local listing line pkg name rc=0 names=() targets=()
+	if ! listing=$(go test -run='^$' -list='^Fuzz' ./...); then
+		printf '%s\n' "$listing"
+		return 1
+	fi
+	# The listing prints each package's names, then "ok <package> <time>".
+	while IFS= read -r line; do
+		case $line in
+		Fuzz*) names+=("$line") ;;
+		ok*)
+			pkg=$(awk '{print $2}' <<<"$line")
+			for name in "${names[@]}"; do targets+=("$pkg $name"); done
+			names=()
+			;;
+		esac
+	done <<<"$listing"
+	if ((${#targets[@]} == 0)); then
+		echo "no fuzz targets found"
+		return 1
+	fi
+	for line in "${targets[@]}"; do
+		pkg=${line% *} name=${line#* }
+		echo "fuzz $pkg $name for $FUZZTIME"
+		if ! go test -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg"; then
+			echo "FAIL: fuzz $pkg $name (a failing input is saved under that package's testdata/fuzz/$name)"
+			rc=1
+		fi
+	done
+	return "$rc"
+}
+
+have() { command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 ]]; }
+
+e2e() {
+	local missing=() tool
+	for tool in sshd ssh scp ssh-keygen; do
+		have "$tool" || missing+=("$tool")
+	done
+	if ((${#missing[@]} > 0)); then
+		local msg="OpenSSH not found (${missing[*]}): install it with: apt-get install -y openssh-server openssh-client"
+		if [[ ${DSPROXY_REQUIRE_SSH:-} == 1 ]]; then
+			echo "FAIL: $msg (DSPROXY_REQUIRE_SSH=1: the end-to-end test is required)"
+			return 1
+		fi
+		printf '\n'
+		printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+		printf '!!! SKIP: end-to-end test with real OpenSSH NOT RUN\n'
+		printf '!!! %s\n' "$msg"
+		printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+		E2E_SKIPPED=1
+		return 0
+	fi
+	scripts/e2e-ssh.sh
+}
+
+step "gofmt -l ." gofmt_clean
+step "go vet ./..." go vet ./...
+if ((quick)); then
+	step "go test -race -short ./..." go_test
+else
+	step "go test -race ./..." go_test
+	step "fuzz each target for $FUZZTIME" fuzz_all
+fi
+E2E_SKIPPED=0
+step "e2e with OpenSSH (scripts/e2e-ssh.sh)" e2e
+if ((E2E_SKIPPED)); then
+	SUMMARY[-1]="SKIP  e2e with OpenSSH: sshd/ssh not installed (apt-get install -y openssh-server openssh-client)"
+fi
+
+printf '\n==> summary (%ds)\n' "$((SECONDS - START))"
+printf '  %s\n' "${SUMMARY[@]}"
+if ((FAILED)); then
+	echo "test.sh: FAILED"
+	exit 1
+fi
+echo "test.sh: OK"
