@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"syscall"
 
 	"github.com/dsproxy/dsproxy/hubclient"
@@ -28,8 +29,8 @@ func explain(err error) error {
 		return fmt.Errorf("cannot reach the hub: connection refused: is dsproxy hub running at the connection string's HostName? (%w)", err)
 	case errors.As(err, &dns):
 		return fmt.Errorf("cannot resolve the hub's name %q: check HostName in the connection string (%w)", dns.Name, err)
-	case errors.Is(err, hubclient.ErrUnauthorized):
-		return fmt.Errorf("%w: check the connection string's key (it may have been rotated) and the machine's clock", err)
+	case errors.Is(err, hubclient.ErrUnauthorized) && strings.Contains(err.Error(), "expired"):
+		return fmt.Errorf("%w: check this machine's clock", err)
 	case errors.Is(err, hubclient.ErrForbidden):
 		return fmt.Errorf("%w: use a policy with the needed permission (iothubowner has all)", err)
 	}
