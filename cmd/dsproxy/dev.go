@@ -31,7 +31,7 @@ Example:
    ssh -p 2222 localhost`,
 		Flags: append(logFlags(),
 			&cli.StringFlag{Name: "target", Value: "localhost:22", Usage: "`HOST:PORT` the device agent exposes", EnvVars: []string{"DSPROXY_TARGET"}},
-			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:2222", Usage: "`[HOST:]PORT` of the service proxy (no host: loopback only)", EnvVars: []string{"DSPROXY_LISTEN"}},
+			&cli.StringFlag{Name: "listen", Value: "2222", Usage: "`[HOST:]PORT` of the service proxy (no host: loopback only, 127.0.0.1 and ::1)", EnvVars: []string{"DSPROXY_LISTEN"}},
 			&cli.StringFlag{Name: "device-id", Value: "dev", Usage: "`ID` of the device to register", EnvVars: []string{"DSPROXY_DEVICE_ID"}},
 			&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the hub's data (default: a temporary directory, removed on exit)", EnvVars: []string{"DSPROXY_DATA_DIR"}},
 		),
