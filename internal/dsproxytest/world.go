@@ -170,7 +170,7 @@ func (h *Hub) StartDevice(t testing.TB, id string, targets ...string) *Device {
 }
 
 // RunDevice runs a device agent with connStr and waits until its session
-// is up. configure adjusts the client configuration.
+// is up. configure, when not nil, adjusts the client configuration.
 func (h *Hub) RunDevice(t testing.TB, connStr string, configure func(*hubclient.DeviceConfig), targets ...string) *Device {
 	t.Helper()
 	var ts []tunnel.Target
@@ -193,7 +193,9 @@ func (h *Hub) RunDevice(t testing.TB, connStr string, configure func(*hubclient.
 		MaxBackoff:       500 * time.Millisecond,
 		Logger:           log,
 	}
-	configure(&cfg)
+	if configure != nil {
+		configure(&cfg)
+	}
 	dc, err := hubclient.NewDeviceClient(cfg, proxy.HandleStream)
 	if err != nil {
 		t.Fatal(err)
