@@ -31,6 +31,11 @@ func clientFlags() []cli.Flag {
 			EnvVars: []string{"DSPROXY_CONNECTION_STRING"},
 		},
 		&cli.StringFlag{
+			Name:    "connection-string-file",
+			Usage:   "read the connection string from `FILE` (keeps the key off the command line and out of ssh configs)",
+			EnvVars: []string{"DSPROXY_CONNECTION_STRING_FILE"},
+		},
+		&cli.StringFlag{
 			Name:    "ca-file",
 			Usage:   "PEM `FILE` of the CA that signed the hub's certificate (the hub's DATA_DIR/tls/ca.pem); default: the system's roots, or " + defaultDataDir + "/tls/ca.pem when present",
 			EnvVars: []string{"DSPROXY_CA_FILE"},
@@ -48,6 +53,13 @@ func clientFlags() []cli.Flag {
 func connectionString(c *cli.Context, log zerolog.Logger) (string, error) {
 	if cs := strings.TrimSpace(c.String("connection-string")); cs != "" {
 		return cs, nil
+	}
+	if f := c.String("connection-string-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("--connection-string-file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
 	}
 	name := filepath.Join(defaultDataDir, hub.OwnerConnectionStringFile)
 	b, err := os.ReadFile(name)
@@ -67,7 +79,7 @@ func clientTLS(c *cli.Context, log zerolog.Logger) (*tls.Config, error) {
 	file := c.String("ca-file")
 	if file == "" {
 		local := filepath.Join(defaultDataDir, "tls", "ca.pem")
-		if _, err := os.Stat(local); err == nil && c.String("connection-string") == "" {
+		if _, err := os.Stat(local); err == nil && c.String("connection-string") == "" && c.String("connection-string-file") == "" {
 			file = local
 		}
 	}

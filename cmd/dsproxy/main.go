@@ -54,6 +54,7 @@ Quick start on one machine:
 			deviceCommand(),
 			serviceCommand(),
 			devCommand(),
+			sshConfigCommand(),
 		},
 	}
 }

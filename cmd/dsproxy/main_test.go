@@ -136,3 +136,52 @@ func TestHelpHasExamples(t *testing.T) {
 		}
 	}
 }
+
+func TestSSHConfig(t *testing.T) {
+	h := dsproxytest.NewHub(t)
+	ca := writeCA(t, h)
+	csFile := filepath.Join(t.TempDir(), "svc.cs")
+	if err := os.WriteFile(csFile, []byte(h.OwnerConnectionString+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.AddDevice(t, "pi-1")
+	h.AddDevice(t, "pi*2") // a pattern on a Host line
+
+	out, _, err := run(t, "ssh-config", "--connection-string-file", csFile, "--ca-file", ca, "--user", "pi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Host pi-1\n",
+		"service --stdio --connection-string-file " + csFile + " --ca-file " + ca + " --device-id pi-1\n",
+		"User pi\n",
+		`skipped device "pi*2"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ssh-config output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "SharedAccessKey") {
+		t.Fatalf("ssh-config printed a key:\n%s", out)
+	}
+	_, _, err = run(t, "ssh-config", "--connection-string", h.OwnerConnectionString, "--device-id", "pi-1")
+	if err == nil || !strings.Contains(err.Error(), "--connection-string-file") {
+		t.Fatalf("ssh-config with a key on the command line: %v", err)
+	}
+}
+
+func TestServiceFlagErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"service", "--connection-string", "x", "--device-id", "d", "--forward", "2222"},
+		{"service", "--connection-string", "x", "--device-id", "d", "--forward", "=ssh"},
+	} {
+		_, _, err := run(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "[HOST:]PORT=NAME") {
+			t.Errorf("%v: got %v", args, err)
+		}
+	}
+	_, _, err := run(t, "service", "--connection-string", "x", "--device-id", "d", "--listen", "nope")
+	if err == nil || !strings.Contains(err.Error(), "connection string") && !strings.Contains(err.Error(), "listen") {
+		t.Errorf("bad --listen: %v", err)
+	}
+}

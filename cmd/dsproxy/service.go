@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"sync"
 
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
@@ -14,27 +17,51 @@ import (
 func serviceCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "service",
-		Usage: "run the service proxy: a local port that reaches a device",
+		Usage: "run the service proxy: a local port (or stdin/stdout) that reaches a device",
 		Description: `Run this on the engineer's machine. It listens on a local port and carries
 every accepted TCP connection to the device over its own stream. A listen
 address without a host binds loopback only (127.0.0.1 and ::1); name another
-interface explicitly to share the port.
+interface explicitly to share the port. --forward adds more ports, each to a
+stream name (the device picks the target by name). --stdio carries one stream
+on stdin/stdout instead, for ssh's ProxyCommand.
 
-Example:
+Examples:
    dsproxy service --connection-string "HostName=hub.example.com:8443;SharedAccessKeyName=service;SharedAccessKey=..." \
      --ca-file ca.pem --device-id pi-42 --listen 2222
-   ssh -p 2222 pi@localhost`,
+   ssh -p 2222 pi@localhost
+
+   dsproxy service --device-id pi-42 --forward 2222=ssh --forward 13389=rdp
+
+   ssh -o ProxyCommand='dsproxy service --stdio --device-id %h' pi@pi-42`,
 		Flags: append(clientFlags(),
 			&cli.StringFlag{Name: "device-id", Usage: "`ID` of the device to reach", EnvVars: []string{"DSPROXY_DEVICE_ID"}, Required: true},
 			&cli.StringFlag{Name: "listen", Value: "2222", Usage: "`[HOST:]PORT` to accept connections on (no host: loopback only)", EnvVars: []string{"DSPROXY_LISTEN"}},
-			&cli.StringFlag{Name: "stream-name", Value: "ssh", Usage: "stream `NAME`: picks the device's target", EnvVars: []string{"DSPROXY_STREAM_NAME"}},
+			&cli.StringFlag{Name: "stream-name", Value: "ssh", Usage: "stream `NAME` for --listen and --stdio: picks the device's target", EnvVars: []string{"DSPROXY_STREAM_NAME"}},
+			&cli.StringSliceFlag{Name: "forward", Usage: "`[HOST:]PORT=NAME`: also accept on PORT and carry to stream NAME (repeatable); with --forward, --listen applies only when given", EnvVars: []string{"DSPROXY_FORWARD"}},
+			&cli.BoolFlag{Name: "stdio", Usage: "carry one stream on stdin/stdout (for ssh -o ProxyCommand) and exit when it ends; logs only warnings unless --log-level says otherwise", EnvVars: []string{"DSPROXY_STDIO"}},
 		),
 		Action: runService,
 	}
 }
 
+// forward is one local listener and the stream name it carries to.
+type forward struct {
+	listen string
+	name   string
+}
+
 func runService(c *cli.Context) error {
+	if c.Bool("stdio") && !c.IsSet("log-level") {
+		// ssh shows a ProxyCommand's stderr in the terminal.
+		if err := c.Set("log-level", "warn"); err != nil {
+			return err
+		}
+	}
 	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	fwds, err := forwards(c)
 	if err != nil {
 		return err
 	}
@@ -43,14 +70,68 @@ func runService(c *cli.Context) error {
 		return err
 	}
 	defer sc.Close()
-	ln, err := tunnel.Listen(c.String("listen"))
-	if err != nil {
-		return err
+	deviceID := c.String("device-id")
+
+	if c.Bool("stdio") {
+		svc, err := tunnel.NewService(tunnel.ServiceConfig{DeviceID: deviceID, StreamName: c.String("stream-name"), Logger: log}, sc)
+		if err != nil {
+			return err
+		}
+		return svc.CarryOne(c.Context, tunnel.Stdio())
 	}
-	return serveProxy(c.Context, ln, sc, c.String("device-id"), c.String("stream-name"), log)
+
+	// Open every port before serving any, so a busy port fails the whole
+	// command at once.
+	lns := make([]net.Listener, 0, len(fwds))
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for _, f := range fwds {
+		ln, err := tunnel.Listen(f.listen)
+		if err != nil {
+			return err
+		}
+		lns = append(lns, ln)
+	}
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(fwds))
+	for i, f := range fwds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if errs[i] = serveProxy(ctx, lns[i], sc, deviceID, f.name, log); errs[i] != nil {
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	lns = nil // each serveProxy closed its own
+	return errors.Join(errs...)
 }
 
-// serveProxy runs a service proxy on ln until ctx ends.
+// forwards reads --listen/--stream-name and --forward.
+func forwards(c *cli.Context) ([]forward, error) {
+	var out []forward
+	if !c.IsSet("forward") || c.IsSet("listen") {
+		out = append(out, forward{listen: c.String("listen"), name: c.String("stream-name")})
+	}
+	for _, s := range c.StringSlice("forward") {
+		for _, s := range strings.Split(s, ",") {
+			addr, name, ok := strings.Cut(strings.TrimSpace(s), "=")
+			if !ok || addr == "" || name == "" {
+				return nil, fmt.Errorf("--forward %q: want [HOST:]PORT=NAME, e.g. 2222=ssh", s)
+			}
+			out = append(out, forward{listen: addr, name: name})
+		}
+	}
+	return out, nil
+}
+
+// serveProxy runs a service proxy on ln until ctx ends. It closes ln.
 func serveProxy(ctx context.Context, ln net.Listener, o tunnel.Opener, deviceID, name string, log zerolog.Logger) error {
 	svc, err := tunnel.NewService(tunnel.ServiceConfig{DeviceID: deviceID, StreamName: name, Logger: log}, o)
 	if err != nil {
@@ -67,14 +148,11 @@ func serveProxy(ctx context.Context, ln net.Listener, o tunnel.Opener, deviceID,
 // listenAddrs lists where ln accepts.
 func listenAddrs(ln net.Listener) string {
 	if m, ok := ln.(interface{ Addrs() []net.Addr }); ok {
-		s := ""
-		for i, a := range m.Addrs() {
-			if i > 0 {
-				s += ", "
-			}
-			s += a.String()
+		var s []string
+		for _, a := range m.Addrs() {
+			s = append(s, a.String())
 		}
-		return s
+		return strings.Join(s, ", ")
 	}
 	return ln.Addr().String()
 }
