@@ -449,6 +449,61 @@ check_a service "$SVC1_PORT"
 check_b service "$SVC1_PORT"
 check_c service "$SVC1_PORT"
 
+# ---------------------------------------------------------------- f: ProxyCommand
+
+log "f: ssh -o ProxyCommand='dsproxy service --stdio --device-id %h'"
+OWNER_CS_FILE=$WORK/owner.cs
+(umask 077 && printf '%s\n' "$OWNER_CS" >"$OWNER_CS_FILE")
+PROXY_CMD="$BIN service --stdio --connection-string-file $OWNER_CS_FILE --ca-file $CA --device-id %h"
+rc=0
+t0=$(now_ns)
+out=$(timeout "$CLIENT_TIMEOUT" ssh "${SSH_OPTS[@]}" -o ProxyCommand="$PROXY_CMD" "$USER_NAME@e2e-dev" \
+	'echo hello-from-device; hostname' </dev/null 2>"$LOGS/ssh-f.err") || rc=$?
+if ((rc == 0)) && [[ $out == "$EXPECTED_A" ]]; then
+	pass "f [stdio] ssh through ProxyCommand runs a command on the device ($(secs_since "$t0")s)"
+else
+	fail "f [stdio] ssh through ProxyCommand $(exit_reason "$rc"), printed $(printf %q "$out"): $(tail -n 3 "$LOGS/ssh-f.err")"
+fi
+rc=0
+out=$(timeout "$CLIENT_TIMEOUT" ssh "${SSH_OPTS[@]}" -o ProxyCommand="$PROXY_CMD" "$USER_NAME@e2e-dev" \
+	sha256sum <"$DATA/src.bin" 2>>"$LOGS/ssh-f.err") || rc=$?
+if ((rc == 0)) && [[ ${out%% *} == "$SRC_SUM" ]]; then
+	pass "f [stdio] ssh 'sha256sum' < 32 MiB file through ProxyCommand prints the right hash"
+else
+	fail "f [stdio] ssh 'sha256sum' through ProxyCommand $(exit_reason "$rc"), printed $(printf %q "$out")"
+fi
+rc=0
+timeout "$CLIENT_TIMEOUT" ssh "${SSH_OPTS[@]}" -o ProxyCommand="$PROXY_CMD --stream-name rdp" "$USER_NAME@e2e-dev" \
+	true </dev/null 2>"$LOGS/ssh-f-rdp.err" || rc=$?
+if ((rc != 0)) && grep -q 'no target named "rdp"' "$LOGS/ssh-f-rdp.err"; then
+	pass "f [stdio] a rejected stream fails ssh with the device's reason on stderr: $(grep -m1 'dsproxy:' "$LOGS/ssh-f-rdp.err")"
+else
+	fail "f [stdio] rejected stream: ssh exited $rc, stderr: $(tail -n 3 "$LOGS/ssh-f-rdp.err")"
+fi
+
+# ---------------------------------------------------------------- g: --forward
+
+log "g: one service proxy, two ports (--forward)"
+FWD_OK=
+for attempt in 1 2 3 4 5; do
+	p1=$(free_port)
+	p2=$(free_port)
+	start "dsproxy-forward-$attempt" "$BIN" service "${CLIENT[@]}" --device-id e2e-dev \
+		--forward "127.0.0.1:$p1=ssh" --forward "127.0.0.1:$p2=ssh" --log-format json --log-level debug
+	if wait_for "forwards on ports $p1 and $p2" 15 "dsproxy-forward-$attempt" port_open "$p1" &&
+		wait_for "second forward" 5 "dsproxy-forward-$attempt" port_open "$p2"; then
+		FWD_OK=1
+		break
+	fi
+	bind_failed "dsproxy-forward-$attempt" || break
+done
+if [[ -n $FWD_OK ]]; then
+	check_a forward-1 "$p1"
+	check_a forward-2 "$p2"
+else
+	fail "g service proxy with two --forward ports did not start"
+fi
+
 # ---------------------------------------------------------------- d: dev
 
 DEV_PORT=

@@ -67,12 +67,13 @@ func (stdioAddr) String() string  { return "stdio" }
 // CarryOne opens one stream and joins it with c until both directions end.
 // Unlike Serve it returns the error that kept the stream from opening, so
 // a ProxyCommand can report it and exit non-zero; after the stream ends it
-// returns nil unless the stream failed.
+// returns nil unless the stream failed. When the stream cannot be opened,
+// c is left open: ssh kills its ProxyCommand as soon as the proxy's stdout
+// closes, so the caller must report the error first.
 func (s *Service) CarryOne(ctx context.Context, c net.Conn) error {
 	start := time.Now()
 	sc, err := s.opener.OpenStream(ctx, s.cfg.DeviceID, s.cfg.StreamName)
 	if err != nil {
-		c.Close()
 		return err
 	}
 	stats, err := Join(ctx, c, sc)
