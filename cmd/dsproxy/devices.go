@@ -30,34 +30,20 @@ Examples:
 				Usage:     "register a device and print its connection string",
 				ArgsUsage: "ID",
 				Flags:     clientFlags(),
-				Action: func(c *cli.Context) error {
-					id, err := oneArg(c, "device ID")
-					if err != nil {
-						return err
-					}
-					sc, err := newServiceClient(c)
-					if err != nil {
-						return err
-					}
-					defer sc.Close()
+				Action: registryAction(true, func(c *cli.Context, sc *hubclient.ServiceClient, id string) error {
 					d, err := sc.CreateDevice(c.Context, id)
 					if err != nil {
 						return err
 					}
 					fmt.Fprintln(c.App.Writer, sc.DeviceConnectionString(d))
 					return nil
-				},
+				}),
 			},
 			{
 				Name:  "list",
 				Usage: "list registered devices",
 				Flags: append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
-				Action: func(c *cli.Context) error {
-					sc, err := newServiceClient(c)
-					if err != nil {
-						return err
-					}
-					defer sc.Close()
+				Action: registryAction(false, func(c *cli.Context, sc *hubclient.ServiceClient, _ string) error {
 					ds, err := sc.ListDevices(c.Context)
 					if err != nil {
 						return err
@@ -71,23 +57,14 @@ Examples:
 						fmt.Fprintf(tw, "%s\t%s\t%s\n", d.ID, d.Status, d.ConnectionState)
 					}
 					return tw.Flush()
-				},
+				}),
 			},
 			{
 				Name:      "show",
 				Usage:     "show one device, with its connection string",
 				ArgsUsage: "ID",
 				Flags:     append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
-				Action: func(c *cli.Context) error {
-					id, err := oneArg(c, "device ID")
-					if err != nil {
-						return err
-					}
-					sc, err := newServiceClient(c)
-					if err != nil {
-						return err
-					}
-					defer sc.Close()
+				Action: registryAction(true, func(c *cli.Context, sc *hubclient.ServiceClient, id string) error {
 					d, err := sc.GetDevice(c.Context, id)
 					if err != nil {
 						return err
@@ -101,27 +78,38 @@ Examples:
 					fmt.Fprintf(tw, "connection:\t%s\n", d.ConnectionState)
 					fmt.Fprintf(tw, "connection string:\t%s\n", sc.DeviceConnectionString(d))
 					return tw.Flush()
-				},
+				}),
 			},
 			{
 				Name:      "delete",
 				Usage:     "delete a device; its session ends",
 				ArgsUsage: "ID",
 				Flags:     clientFlags(),
-				Action: func(c *cli.Context) error {
-					id, err := oneArg(c, "device ID")
-					if err != nil {
-						return err
-					}
-					sc, err := newServiceClient(c)
-					if err != nil {
-						return err
-					}
-					defer sc.Close()
+				Action: registryAction(true, func(c *cli.Context, sc *hubclient.ServiceClient, id string) error {
 					return sc.DeleteDevice(c.Context, id)
-				},
+				}),
 			},
 		},
+	}
+}
+
+// registryAction makes a command action that reads the device ID argument
+// (when wantID) and calls f with a service client.
+func registryAction(wantID bool, f func(c *cli.Context, sc *hubclient.ServiceClient, id string) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		var id string
+		if wantID {
+			var err error
+			if id, err = oneArg(c, "device ID"); err != nil {
+				return err
+			}
+		}
+		sc, err := newServiceClient(c)
+		if err != nil {
+			return err
+		}
+		defer sc.Close()
+		return f(c, sc, id)
 	}
 }
 
