@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -15,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dsproxy/dsproxy/hub/registry"
+	"github.com/dsproxy/dsproxy/internal/sas"
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
@@ -25,7 +27,18 @@ type session struct {
 	mux      *yamux.Session
 	ws       *websocket.Conn
 	log      zerolog.Logger
+	token    sas.Token // the device signed in with; see signedWith
+	since    time.Time
+	up       chan struct{} // closed once SessionReady is sent
+
+	// stop asks the session's handler to close it (replaced by a newer
+	// one, device revoked); closed by end.
+	stop    chan struct{}
+	endOnce sync.Once
 }
+
+// end asks the session's handler to close the session; it does not wait.
+func (c *session) end() { c.endOnce.Do(func() { close(c.stop) }) }
 
 // errSessionGone reports a control session that ended while a request was
 // being delivered over it.
@@ -35,6 +48,15 @@ var errSessionGone = errors.New("device session closed")
 // device's answer. The request must reach the device within deliver; ctx
 // bounds the whole exchange.
 func (c *session) request(ctx context.Context, req *wire.StreamRequest, deliver time.Duration) (wire.StreamResponse, error) {
+	// The device takes the first stream it accepts for SessionReady: no
+	// request may overtake it.
+	select {
+	case <-c.up:
+	case <-c.mux.CloseChan():
+		return wire.StreamResponse{}, errSessionGone
+	case <-ctx.Done():
+		return wire.StreamResponse{}, ctx.Err()
+	}
 	st, err := c.mux.OpenStream()
 	if err != nil {
 		return wire.StreamResponse{}, fmt.Errorf("open control stream: %w", errSessionGone)
@@ -44,7 +66,9 @@ func (c *session) request(ctx context.Context, req *wire.StreamRequest, deliver 
 	if dl, ok := ctx.Deadline(); ok {
 		_ = st.SetReadDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { st.Close() })
+	// A deadline, not Close: Close only half-closes a yamux stream, and
+	// the read would wait on for the device's answer.
+	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
 	defer stop()
 
 	var resp wire.StreamResponse
@@ -114,42 +138,77 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The session outlives this request: its lifetime is the hub's.
-	ctx := s.ctx
+	ctx, drop := context.WithCancel(s.ctx)
+	defer drop()
 	nc := websocket.NetConn(ctx, ws, websocket.MessageBinary)
 	ycfg := yamux.DefaultConfig()
 	ycfg.EnableKeepAlive = true
 	ycfg.KeepAliveInterval = s.cfg.KeepAliveInterval
 	ycfg.ConnectionWriteTimeout = s.cfg.ConnectionWriteTimeout
 	ycfg.StreamOpenTimeout = s.cfg.ConnectionWriteTimeout
-	ycfg.LogOutput = io.Discard
+	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
+	ycfg.LogOutput, ycfg.Logger = nil, yamuxLogger(sessLog) // why a session broke, at debug
 	mux, err := yamux.Client(nc, ycfg)
 	if err != nil {
 		ws.CloseNow()
 		return
 	}
+	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	c := &session{
 		deviceID: id,
 		mux:      mux,
 		ws:       ws,
-		log:      s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger(),
+		log:      sessLog,
+		token:    tok,
+		since:    time.Now(),
+		stop:     make(chan struct{}),
+		up:       make(chan struct{}),
 	}
+	refusing := make(chan struct{})
+	go func() {
+		defer close(refusing)
+		c.refuseDeviceStreams()
+	}()
+	defer func() { <-refusing }() // it returns once mux.Close below has run
 	if old := s.addSession(c); old != nil {
 		old.log.Info().Msg("device session replaced by a newer one")
-		old.mux.Close()
+		old.end() // its streams go on: they have their own connections
 	}
-	if err := c.ready(); err != nil {
-		c.log.Debug().Err(err).Msg("session ended before it was ready")
+	readyErr := c.ready()
+	if readyErr != nil {
+		c.log.Debug().Err(readyErr).Msg("session ended before it was ready")
 		mux.Close()
 	} else {
+		close(c.up)
 		c.log.Info().Msg("device connected")
 	}
+	var lost error
+	why := "session ended"
 	select {
 	case <-mux.CloseChan():
+		// The session died by itself. Unless the device closed it (its
+		// close frame reads as io.EOF), the device is lost: a keepalive
+		// or stream-open timeout, a broken connection.
+		if err := sessionErr(mux); readyErr == nil && !errors.Is(err, io.EOF) {
+			lost = err
+		}
+	case <-c.stop:
+		why = "session replaced or revoked"
+	case <-s.stopping:
+		why = "hub shutting down"
 	case <-ctx.Done():
 	}
+	// Unavailable at once, before the close handshake, which a frozen
+	// device makes wait.
+	removed := s.removeSession(c)
+	if lost != nil {
+		c.log.Warn().Err(lost).Msg("device lost: no keepalive answer or a broken connection; ending its streams")
+		s.loseSession(c, lost)
+		drop() // a lost device never answers the close handshake: cut the connection
+	}
+	ws.Close(websocket.StatusGoingAway, why)
 	mux.Close()
-	ws.Close(websocket.StatusGoingAway, "session ended")
-	if s.removeSession(c) {
+	if removed {
 		c.log.Info().Msg("device disconnected")
 	}
 }
@@ -182,13 +241,10 @@ func (s *Server) sessionFor(id string) *session {
 	return s.sessions[id]
 }
 
-// dropSession closes the device's session, if any (after the device was
-// disabled or deleted).
+// dropSession closes the device's session, if any, and ends the streams
+// delivered to it (after the device was disabled or deleted).
 func (s *Server) dropSession(id string) {
-	if c := s.sessionFor(id); c != nil {
-		c.log.Info().Msg("closing session of disabled or deleted device")
-		c.mux.Close()
-	}
+	s.revoke(id, nil, "device disabled or deleted")
 }
 
 // connected reports whether the device holds a session.

@@ -177,6 +177,10 @@ func (s *Server) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	if out.Status != registry.StatusEnabled {
 		s.dropSession(id)
+	} else {
+		// A session signed in with a key the device no longer has is
+		// no longer trusted; one with the other key goes on (rotation).
+		s.revoke(id, func(c *session) bool { return c.signedWith(out, s.cfg.ClockSkew) }, "device key replaced")
 	}
 	s.log.Info().Str(fieldDevice, id).Str("status", string(out.Status)).Msg("device saved")
 	writeJSON(w, http.StatusOK, s.deviceJSON(out))

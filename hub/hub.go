@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -103,11 +104,25 @@ type Config struct {
 	ResponseTimeout   time.Duration
 	MaxRequestTimeout time.Duration
 
-	// KeepAliveInterval is how often the hub pings each control session;
-	// a session that does not answer within ConnectionWriteTimeout is
-	// closed.
+	// KeepAliveInterval is how often the hub pings each control session
+	// and both sides of each relayed stream; a peer that does not answer
+	// within ConnectionWriteTimeout is taken for dead (frozen, crashed
+	// without a word, cut off), so one is noticed within their sum. A lost
+	// control session makes the device unavailable and ends the streams
+	// it delivered; a stream side that does not answer ends its stream.
+	// Both with close code ClosePeerLost. A stream side held back by
+	// backpressure is not pinged (see faults.go). Defaults: 15 s and 10 s.
 	KeepAliveInterval      time.Duration
 	ConnectionWriteTimeout time.Duration
+
+	// ShutdownGrace is how long running streams may go on once Run's
+	// context ends. The hub then refuses new streams and control sessions
+	// at once (503, and its listener closes), closes every control
+	// session (relayed streams do not depend on them) and ends streams
+	// still waiting for a side; relayed streams still running when the
+	// grace period is over are closed with 1001 "hub shutting down". Zero
+	// closes them at once. Default 10 s.
+	ShutdownGrace time.Duration
 
 	// MaxMessageSize is the largest WebSocket message accepted on the
 	// streaming endpoint; a larger one ends the stream with close code 1009.
@@ -121,6 +136,46 @@ type Config struct {
 	// (and the TLS handshake before them).
 	ReadHeaderTimeout time.Duration
 	MaxHeaderBytes    int
+
+	// MaxStreams bounds the active streams on the hub, and
+	// MaxStreamsPerDevice those to any one device. A stream is active from
+	// the moment the hub admits its initiation (before it asks the device)
+	// until its relay ends, or until the device rejects it or its
+	// handshake deadline passes. An initiation beyond either limit is
+	// answered 429 with Retry-After, and the device is not asked.
+	// Defaults: 10000 and 256.
+	MaxStreams          int
+	MaxStreamsPerDevice int
+
+	// MaxPendingHandshakes bounds the active streams whose two sides have
+	// not both reached the streaming endpoint yet (including those waiting
+	// for the device's answer); beyond it, initiations are answered 429.
+	// It caps what clients that initiate streams and never join them can
+	// hold. Default 1024.
+	MaxPendingHandshakes int
+
+	// StreamRate and StreamBurst meter new stream initiations per shared
+	// access policy with a token bucket: StreamRate initiations per second
+	// on average, StreamBurst at once. An initiation over the rate is
+	// answered 429 with Retry-After (whole seconds until the bucket holds
+	// a token again). Defaults: 1000 per second, bursts of 2000 (Azure IoT
+	// Hub allows 5 new streams per second).
+	StreamRate  float64
+	StreamBurst int
+
+	// IdleStreamTimeout, when positive, ends a relayed stream that has
+	// carried no message in either direction for that long: both sides
+	// are closed with CloseIdleTimeout and the stream event says why. Zero
+	// (the default) never ends a stream for being idle.
+	IdleStreamTimeout time.Duration
+
+	// EventRetention and MaxEvents bound the stream event log (the audit
+	// trail): events that started longer ago than EventRetention, and
+	// events beyond the newest MaxEvents, are deleted when the hub starts
+	// and every few minutes after (see events.go). Zero disables that
+	// bound. Defaults: 30 days and 1,000,000 events.
+	EventRetention time.Duration
+	MaxEvents      int
 
 	// Logger receives the hub's logs. The zero value logs nothing.
 	Logger zerolog.Logger
@@ -137,10 +192,18 @@ func DefaultConfig() Config {
 		MaxRequestTimeout:      300 * time.Second,
 		KeepAliveInterval:      15 * time.Second,
 		ConnectionWriteTimeout: 10 * time.Second,
+		ShutdownGrace:          10 * time.Second,
 		MaxMessageSize:         1 << 20,
 		ClockSkew:              5 * time.Minute,
 		ReadHeaderTimeout:      10 * time.Second,
 		MaxHeaderBytes:         32 << 10,
+		MaxStreams:             10000,
+		MaxStreamsPerDevice:    256,
+		MaxPendingHandshakes:   1024,
+		StreamRate:             1000,
+		StreamBurst:            2000,
+		EventRetention:         30 * 24 * time.Hour,
+		MaxEvents:              1_000_000,
 	}
 }
 
@@ -167,6 +230,16 @@ func (c *Config) Validate() error {
 		return errors.New("hub config: ClockSkew must not be negative")
 	case c.ReadHeaderTimeout <= 0 || c.MaxHeaderBytes <= 0:
 		return errors.New("hub config: ReadHeaderTimeout and MaxHeaderBytes must be positive")
+	case c.MaxStreams <= 0 || c.MaxStreamsPerDevice <= 0 || c.MaxPendingHandshakes <= 0:
+		return errors.New("hub config: MaxStreams, MaxStreamsPerDevice and MaxPendingHandshakes must be positive")
+	case !(c.StreamRate > 0) || math.IsInf(c.StreamRate, 0) || c.StreamBurst < 1:
+		return errors.New("hub config: StreamRate must be positive and finite, StreamBurst at least 1")
+	case c.IdleStreamTimeout < 0:
+		return errors.New("hub config: IdleStreamTimeout must not be negative")
+	case c.ShutdownGrace < 0:
+		return errors.New("hub config: ShutdownGrace must not be negative")
+	case c.EventRetention < 0 || c.MaxEvents < 0:
+		return errors.New("hub config: EventRetention and MaxEvents must not be negative")
 	}
 	for _, h := range c.HostNames {
 		if h == "" {
@@ -191,15 +264,20 @@ type Server struct {
 	svcKey   string
 
 	// ctx is the lifetime of every connection the hub holds; it ends when
-	// Run is told to stop.
+	// Run's shutdown grace period is over.
 	ctx    context.Context
 	cancel context.CancelFunc
 
 	mu       sync.Mutex
 	closing  bool
-	conns    sync.WaitGroup // hijacked connections and their goroutines
+	stopping chan struct{}  // closed when Run starts to shut down (drain)
+	conns    sync.WaitGroup // hijacked connections, initiations and their goroutines
 	sessions map[string]*session
-	streams  map[string]*stream
+	streams  map[string]*stream   // until both sides connected
+	relays   map[*stream]struct{} // from then until the relay ends
+
+	// lim counts streams against the configured limits.
+	lim *limiter
 
 	closeOnce sync.Once
 	closeErr  error
@@ -218,6 +296,9 @@ func New(cfg Config, ln net.Listener) (*Server, error) {
 		ln:       ln,
 		sessions: make(map[string]*session),
 		streams:  make(map[string]*stream),
+		relays:   make(map[*stream]struct{}),
+		stopping: make(chan struct{}),
+		lim:      newLimiter(&cfg),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.open(); err != nil {
@@ -380,13 +461,15 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, http.StatusNotFound, wireNotFound("no such endpoint: "+r.Method+" "+r.URL.Path))
 	})
-	return mux
+	return s.canonicalPaths(mux)
 }
 
 // Run serves HTTPS on the listener given to New until ctx ends. Then it
-// stops accepting, closes every control session and stream, waits for all
-// of the hub's goroutines and returns. It closes what New opened, so the
-// Server cannot be reused. Run returns nil after a clean shutdown.
+// shuts down gracefully: it stops accepting, refuses new streams, closes
+// every control session, lets relayed streams run for up to
+// Config.ShutdownGrace and then closes the rest (see faults.go), waits for
+// all of the hub's goroutines and returns. It closes what New opened, so
+// the Server cannot be reused. Run returns nil after a clean shutdown.
 func (s *Server) Run(ctx context.Context) error {
 	tlsCfg := s.tls.Config.Clone()
 	// WebSockets need HTTP/1.1; the REST calls gain nothing from HTTP/2.
@@ -403,6 +486,7 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(s.ln, tlsCfg)) }()
 	s.log.Info().Str("addr", s.ln.Addr().String()).Str("advertise", s.addr).Msg("hub serving")
+	stopPruning := s.startPruning()
 
 	var err error
 	select {
@@ -410,7 +494,12 @@ func (s *Server) Run(ctx context.Context) error {
 	case err = <-errc:
 		err = fmt.Errorf("serve: %w", err)
 	}
-	s.shutdown()
+	grace := time.Now().Add(s.cfg.ShutdownGrace)
+	if err != nil {
+		grace = time.Now() // the listener failed: stop at once
+	}
+	s.log.Info().Stringer("grace", s.cfg.ShutdownGrace).Msg("hub shutting down")
+	s.drain()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if serr := srv.Shutdown(shutCtx); serr != nil {
@@ -421,7 +510,8 @@ func (s *Server) Run(ctx context.Context) error {
 			err = fmt.Errorf("serve: %w", serr)
 		}
 	}
-	s.conns.Wait()
+	s.awaitConns(grace)
+	stopPruning() // before Close closes the registry
 	if cerr := s.Close(); err == nil {
 		err = cerr
 	}
@@ -431,9 +521,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // shutdown ends every connection the hub holds and refuses new ones.
 func (s *Server) shutdown() {
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
+	s.drain()
 	s.cancel()
 }
 

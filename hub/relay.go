@@ -14,10 +14,23 @@ import (
 // relayBufSize is the copy buffer of one relay direction.
 const relayBufSize = 32 << 10
 
+// errIdle ends a relay whose stream was idle for Config.IdleStreamTimeout.
+var errIdle = errors.New("stream idle")
+
 // end is how one relay direction stopped.
 type end struct {
 	from side // the side whose connection ended first
 	err  error
+
+	// Set when the hub itself ends the stream (a silent side, a lost or
+	// revoked device, shutdown; see faults.go): the close code and reason
+	// sent to both sides, the stream event's result and reason, and
+	// whether the from side is unresponsive, so that it is closed without
+	// waiting for its close frame.
+	code           websocket.StatusCode
+	why            string
+	result, reason string
+	dead           bool
 }
 
 // relay copies messages between the two sides of a stream until one of them
@@ -29,32 +42,49 @@ func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason str
 	// under coder/websocket closes the connection with a generic code, and
 	// the hub wants to say why. Shutdown closes both sides explicitly.
 	ctx := context.Background()
-	ends := make(chan end, 2)
+	idle := s.watchIdle()
+	defer idle.stop()
+	ends := make(chan end, 3)
+	var act activity // what the liveness check learns from the pumps
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		ends <- pump(ctx, svc, dev, sideService, &st.bytesUp)
+		ends <- pump(ctx, svc, dev, sideService, &st.bytesUp, idle, &act)
 	}()
 	go func() {
 		defer wg.Done()
-		ends <- pump(ctx, dev, svc, sideDevice, &st.bytesDown)
+		ends <- pump(ctx, dev, svc, sideDevice, &st.bytesDown, idle, &act)
+	}()
+	go func() {
+		defer wg.Done()
+		s.watch(watchCtx, [2]*websocket.Conn{svc, dev}, &act, ends)
 	}()
 
 	var first end
 	select {
 	case first = <-ends:
+	case first = <-st.stop:
 	case <-s.ctx.Done():
-		first = end{from: -1}
+		first = shutdownEnd
+	case <-idle.expired():
+		first = end{from: -1, err: errIdle}
 	}
+	stopWatch()
 	code, why := closeFor(first)
 	// End both sides. Close sends the close frame at once; the wait for
 	// the peer's answer runs concurrently so neither side holds up the other.
 	var cw sync.WaitGroup
-	for _, c := range []*websocket.Conn{svc, dev} {
+	for sd, c := range []*websocket.Conn{svc, dev} {
 		cw.Add(1)
 		go func() {
 			defer cw.Done()
+			if first.dead && side(sd) == first.from {
+				c.CloseNow() // it would not answer the close frame
+				return
+			}
 			c.Close(code, why)
 		}()
 	}
@@ -62,29 +92,32 @@ func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason str
 	wg.Wait()
 
 	switch {
-	case first.from < 0:
-		return "ended", "hub shutting down"
-	case first.err == nil || isNormalClose(first.err):
-		return "ended", first.from.String() + " closed the stream"
+	case first.err == errIdle:
+		return "idle", fmt.Sprintf("idle timeout: no message in either direction for %s", s.cfg.IdleStreamTimeout)
 	default:
-		return "ended", fmt.Sprintf("%s side ended: %s", first.from, why)
+		return outcome(first, why)
 	}
 }
 
 // pump copies messages from src to dst until either fails. It reports
-// which side ended.
-func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.Int64) end {
+// which side ended. It touches idle for every message and chunk it moves,
+// and reports its reads and writes to act.
+func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.Int64, idle *idleWatch, act *activity) end {
 	buf := make([]byte, relayBufSize)
 	for {
 		typ, r, err := src.Reader(ctx)
 		if err != nil {
 			return end{from: from, err: err}
 		}
+		idle.touch()
+		act.moved.Add(1)
+		act.busy.Add(1)
 		w, err := dst.Writer(ctx, typ)
+		act.busy.Add(-1)
 		if err != nil {
 			return end{from: 1 - from, err: err}
 		}
-		tw := trackedWriter{w: w}
+		tw := trackedWriter{w: w, idle: idle, act: act, sent: &act.sent[1-from]}
 		c, err := io.CopyBuffer(&tw, r, buf)
 		n.Add(c)
 		if err != nil {
@@ -96,7 +129,10 @@ func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.In
 			// close frame that follows says why.
 			return end{from: from, err: err}
 		}
-		if err := w.Close(); err != nil {
+		act.busy.Add(1)
+		err = w.Close()
+		act.busy.Add(-1)
+		if err != nil {
 			return end{from: 1 - from, err: err}
 		}
 	}
@@ -105,12 +141,20 @@ func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.In
 // trackedWriter remembers a write error so pump can tell which side
 // failed.
 type trackedWriter struct {
-	w   io.Writer
-	err error
+	w    io.Writer
+	err  error
+	idle *idleWatch
+	act  *activity
+	sent *atomic.Int64 // chunks written to the destination side
 }
 
 func (t *trackedWriter) Write(p []byte) (int, error) {
+	t.act.busy.Add(1)
 	n, err := t.w.Write(p)
+	t.act.busy.Add(-1)
+	t.act.moved.Add(1)
+	t.sent.Add(1)
+	t.idle.touch()
 	if err != nil {
 		t.err = err
 	}
@@ -120,6 +164,12 @@ func (t *trackedWriter) Write(p []byte) (int, error) {
 // closeFor chooses the close code and reason sent to the side that did not
 // end first.
 func closeFor(e end) (websocket.StatusCode, string) {
+	if e.err == errIdle {
+		return CloseIdleTimeout, "idle timeout"
+	}
+	if e.code != 0 {
+		return e.code, e.why
+	}
 	if e.from < 0 {
 		return websocket.StatusGoingAway, "hub shutting down"
 	}

@@ -43,6 +43,9 @@ const (
 	// ClosePeerLost ends a side whose peer's connection failed without a
 	// close frame (crash, reset, network loss).
 	ClosePeerLost websocket.StatusCode = 4001
+	// CloseIdleTimeout ends both sides of a stream that carried no message
+	// for Config.IdleStreamTimeout.
+	CloseIdleTimeout websocket.StatusCode = 4009
 )
 
 // stream is one initiated stream, from initiation until both sides are gone.
@@ -52,7 +55,7 @@ type stream struct {
 	deviceID string
 	name     string
 	policy   string
-	tokens   [2]string
+	tokens   [2]string // the device's is re-minted under Server.mu on a retry (see deliver)
 	created  time.Time
 	deadline time.Time
 	log      zerolog.Logger
@@ -63,12 +66,17 @@ type stream struct {
 	// ended is closed when the stream is over: relayed and closed, expired
 	// unpaired, or dropped. A waiting first side returns then.
 	ended chan struct{}
+	// stop ends a relayed stream from outside the relay (faults.go);
+	// buffered, sent to without blocking.
+	stop chan end
 
 	// guarded by Server.mu
-	used   [2]bool
-	conns  [2]*websocket.Conn
-	timer  *time.Timer
-	closed bool
+	sess     *session // the control session the request went over
+	accepted bool     // the device accepted: the stream's end is an event
+	used     [2]bool
+	conns    [2]*websocket.Conn
+	timer    *time.Timer
+	closed   bool
 }
 
 // newStream mints a stream for an initiation and registers it until its
@@ -84,6 +92,7 @@ func (s *Server) newStream(deviceID, name, policy string) *stream {
 		created:  now,
 		deadline: now.Add(s.cfg.HandshakeTimeout),
 		ended:    make(chan struct{}),
+		stop:     make(chan end, 1),
 	}
 	st.log = s.log.With().Str(fieldStream, st.id).Str(fieldDevice, deviceID).Str(fieldName, name).Logger()
 	s.mu.Lock()
@@ -100,7 +109,7 @@ func (s *Server) expire(st *stream) {
 		s.mu.Unlock()
 		return
 	}
-	conns := st.conns
+	conns, accepted := st.conns, st.accepted
 	s.endLocked(st)
 	s.mu.Unlock()
 	for sd, c := range conns {
@@ -109,9 +118,13 @@ func (s *Server) expire(st *stream) {
 			c.Close(CloseHandshakeTimeout, "peer did not connect before the handshake deadline")
 		}
 	}
-	if conns[0] != nil || conns[1] != nil {
+	switch {
+	case conns[0] != nil || conns[1] != nil:
 		s.recordEvent(st, "expired", "peer did not connect before the handshake deadline")
+	case accepted:
+		s.recordEvent(st, "expired", "neither side connected before the handshake deadline")
 	}
+	// Not accepted yet: handleInitiate records the outcome.
 }
 
 // drop forgets a stream that will never be relayed.
@@ -127,7 +140,9 @@ func (s *Server) endLocked(st *stream) {
 	}
 	st.closed = true
 	st.timer.Stop()
+	s.lim.release(st.deviceID, st.conns[0] != nil && st.conns[1] != nil)
 	delete(s.streams, st.id)
+	delete(s.relays, st)
 	close(st.ended)
 }
 
@@ -145,8 +160,8 @@ func checkDeviceID(id string) *apiError {
 
 // checkStreamName validates a stream name from a request path.
 func checkStreamName(name string) *apiError {
-	if name == "" || len(name) > wire.MaxStreamNameLen {
-		return errBadRequest(fmt.Sprintf("stream name must be 1 to %d bytes", wire.MaxStreamNameLen))
+	if name == "" || name == "." || name == ".." || len(name) > wire.MaxStreamNameLen {
+		return errBadRequest(fmt.Sprintf("stream name must be 1 to %d bytes, and not . or ..", wire.MaxStreamNameLen))
 	}
 	for _, r := range name {
 		if r == '/' || r == '\\' || r > unicode.MaxASCII || !unicode.IsPrint(r) {
@@ -181,6 +196,16 @@ func (s *Server) handleInitiate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With().Str(fieldDevice, id).Str(fieldName, name).Str(fieldPolicy, p.policy).Logger()
+	if le := s.lim.allow(p.policy, time.Now()); le != nil {
+		s.throttle(w, r, log, id, name, p.policy, le)
+		return
+	}
+
+	if !s.track() {
+		s.refuse(w, r, log, id, name, p.policy, resultShutdown, errHubShuttingDown())
+		return
+	}
+	defer s.conns.Done()
 
 	dev, err := s.reg.GetDevice(r.Context(), id)
 	switch {
@@ -203,25 +228,29 @@ func (s *Server) handleInitiate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if le := s.lim.admit(id); le != nil {
+		s.throttle(w, r, log, id, name, p.policy, le)
+		return
+	}
 	st := s.newStream(id, name, p.policy)
 	ctx, cancel := context.WithTimeout(r.Context(), responseTO)
 	defer cancel()
-	resp, err := sess.request(ctx, &wire.StreamRequest{
-		StreamID:  st.id,
-		Name:      name,
-		URL:       s.streamURL(st.id),
-		AuthToken: st.tokens[sideDevice],
-		Deadline:  st.deadline,
-	}, connectTO)
+	resp, err := s.deliver(ctx, st, sess, connectTO)
 	if err != nil {
 		s.drop(st)
 		switch {
+		case errors.Is(err, errShuttingDown):
+			s.refuse(w, r, st.log, id, name, p.policy, resultShutdown, errHubShuttingDown())
 		case errors.Is(err, context.DeadlineExceeded):
 			s.refuse(w, r, st.log, id, name, p.policy, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
 				fmt.Sprintf("device %q did not answer the stream request within %s", id, responseTO)})
 		case errors.Is(err, context.Canceled):
 			st.log.Debug().Msg("service went away before the device answered")
 			s.recordEvent(st, "canceled", "service went away before the device answered")
+		case !errors.Is(err, errSessionGone):
+			// The device answered, but not with a StreamResponse.
+			s.refuse(w, r, st.log, id, name, p.policy, "error", &apiError{http.StatusBadGateway, wire.CodeBadGateway, "BadGateway",
+				fmt.Sprintf("device %q sent an invalid answer to the stream request: %v", id, err)})
 		default:
 			st.log.Debug().Err(err).Msg("stream request not delivered")
 			s.refuse(w, r, st.log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
@@ -239,6 +268,15 @@ func (s *Server) handleInitiate(w http.ResponseWriter, r *http.Request) {
 		s.recordEvent(st, "rejected", reason)
 		w.Header().Set(wire.HeaderIsAccepted, wire.NotAccepted)
 		writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: false, Reason: reason})
+		return
+	}
+	s.mu.Lock()
+	st.accepted = true
+	late := st.closed // expired while the device was deciding
+	s.mu.Unlock()
+	if late {
+		s.refuse(w, r, st.log, id, name, p.policy, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
+			fmt.Sprintf("device %q accepted the stream after its handshake deadline", id)})
 		return
 	}
 	url := s.streamURL(st.id)
@@ -342,15 +380,22 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	if st.closed {
+		closing := s.closing
 		s.mu.Unlock()
-		ws.Close(CloseHandshakeTimeout, "peer did not connect before the handshake deadline")
+		if closing {
+			ws.Close(websocket.StatusGoingAway, "hub shutting down")
+		} else {
+			ws.Close(CloseHandshakeTimeout, "peer did not connect before the handshake deadline")
+		}
 		return
 	}
 	st.conns[sd] = ws
 	paired := st.conns[0] != nil && st.conns[1] != nil
 	if paired {
 		st.timer.Stop()
+		s.lim.paired()
 		delete(s.streams, st.id)
+		s.relays[st] = struct{}{}
 	}
 	s.mu.Unlock()
 	st.log.Debug().Str("side", sd.String()).Bool("paired", paired).Msg("stream side connected")

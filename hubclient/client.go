@@ -13,9 +13,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -102,7 +104,7 @@ func (b *base) close() { b.http.CloseIdleConnections() }
 // hubError reads an error response into a *HubError.
 func hubError(op string, resp *http.Response) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	e := &HubError{Op: op, StatusCode: resp.StatusCode}
+	e := &HubError{Op: op, StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	var we wire.Error
 	if json.Unmarshal(body, &we) == nil {
 		e.Code = we.ErrorCode
@@ -118,6 +120,25 @@ func hubError(op string, resp *http.Response) error {
 		}
 	}
 	return e
+}
+
+// retryAfter reads a Retry-After header: delay-seconds or an HTTP date
+// (RFC 9110 10.2.3). It returns zero for an absent, malformed or past
+// value.
+func retryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		return time.Duration(min(n, int64(math.MaxInt64/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
 }
 
 // pathEscape escapes one path segment (url.PathEscape escapes "/" too), so

@@ -21,6 +21,7 @@ const MaxWriteMessage = 64 << 10
 const (
 	closePeerLost         websocket.StatusCode = 4001
 	closeHandshakeTimeout websocket.StatusCode = 4008
+	closeIdleTimeout      websocket.StatusCode = 4009
 )
 
 // ErrStreamClosed reports a use of a [Conn] after Close, or a write after
@@ -170,25 +171,17 @@ func (c *Conn) CloseWrite() error {
 // Close ends the stream with a normal close. It is safe to call more than
 // once and concurrently with Read and Write, which then fail.
 func (c *Conn) Close() error {
-	var err error
-	c.closeOnce.Do(func() {
-		c.deadlineMu.Lock()
-		if c.timer != nil {
-			c.timer.Stop()
-		}
-		c.deadlineMu.Unlock()
-		err = c.ws.Close(websocket.StatusNormalClosure, "")
-		c.cancel()
-		if errors.Is(err, net.ErrClosed) || websocket.CloseStatus(err) != -1 {
-			err = nil
-		}
-	})
-	return err
+	return c.closeWith(websocket.StatusNormalClosure, "")
 }
 
 // Abort ends the stream as a failure: the peer's reads fail instead of
 // returning io.EOF. Use it when the data the stream carried is incomplete.
 func (c *Conn) Abort() error {
+	return c.closeWith(closePeerLost, "peer connection lost")
+}
+
+// closeWith ends the stream once, with code and reason.
+func (c *Conn) closeWith(code websocket.StatusCode, reason string) error {
 	var err error
 	c.closeOnce.Do(func() {
 		c.deadlineMu.Lock()
@@ -196,7 +189,7 @@ func (c *Conn) Abort() error {
 			c.timer.Stop()
 		}
 		c.deadlineMu.Unlock()
-		err = c.ws.Close(closePeerLost, "peer connection lost")
+		err = c.ws.Close(code, reason)
 		c.cancel()
 		if errors.Is(err, net.ErrClosed) || websocket.CloseStatus(err) != -1 {
 			err = nil
@@ -244,6 +237,8 @@ func (e *StreamEndError) Error() string {
 		return "stream ended: the other side's connection was lost"
 	case closeHandshakeTimeout:
 		return "stream ended: the other side did not connect before the handshake deadline"
+	case closeIdleTimeout:
+		return "stream ended: idle for longer than the hub's idle timeout"
 	case websocket.StatusGoingAway:
 		return "stream ended: " + orDefault(e.Reason, "the hub or peer went away")
 	case websocket.StatusMessageTooBig:

@@ -30,8 +30,10 @@ type DeviceConfig struct {
 	TLSConfig *tls.Config
 
 	// KeepAliveInterval is how often the device pings the hub; a hub that
-	// does not answer within ConnectionWriteTimeout is considered gone and
-	// the device redials. Zero values mean 15 s and 10 s.
+	// does not answer within ConnectionWriteTimeout is considered gone, the
+	// streams its session delivered are ended, and the device redials. A
+	// dead hub is thus noticed within their sum. Zero values mean 15 s and
+	// 10 s.
 	KeepAliveInterval      time.Duration
 	ConnectionWriteTimeout time.Duration
 
@@ -52,7 +54,10 @@ type DeviceConfig struct {
 // StreamHandler handles one stream request. It must call exactly one of
 // req.Accept or req.Reject (a handler that returns having called neither
 // rejects the request), and may keep running with the accepted stream.
-// ctx ends when the DeviceClient stops.
+// ctx ends when the DeviceClient stops, or when the control session that
+// delivered the request is lost (the hub stopped answering keepalives or
+// the connection broke), because the hub then ends the stream too. A
+// session the hub closes, or replaces, does not end ctx.
 type StreamHandler func(ctx context.Context, req *StreamRequest)
 
 // StreamRequest is a service's request for a stream, as delivered to a
@@ -254,6 +259,26 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 	}
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
+	// The streams this session delivers run under hctx, which ends with
+	// ctx, or when the session is lost: the hub then ends those streams
+	// too, and their connections may be as dead as this one. refs counts
+	// the session and its running handlers, so that hctx is released when
+	// the last of them is done.
+	hctx, lose := context.WithCancel(ctx)
+	var refs atomic.Int32
+	refs.Add(1)
+	release := func() {
+		if refs.Add(-1) == 0 {
+			lose()
+		}
+	}
+	var lost bool
+	defer func() {
+		if lost {
+			lose()
+		}
+		release()
+	}()
 	nc := websocket.NetConn(sctx, ws, websocket.MessageBinary)
 	ycfg := yamux.DefaultConfig()
 	ycfg.EnableKeepAlive = true
@@ -282,12 +307,20 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 			if ctx.Err() != nil {
 				return nil
 			}
+			// The hub's close frame ends the session with io.EOF;
+			// anything else is a loss.
+			lost = !errors.Is(err, io.EOF)
+			if lost {
+				stop() // a lost hub never answers the close handshake: cut the connection
+			}
 			return fmt.Errorf("control session ended: %w", err)
 		}
 		handlers.Add(1)
+		refs.Add(1)
 		go func() {
 			defer handlers.Done()
-			c.serve(ctx, st)
+			defer release()
+			c.serve(hctx, st)
 		}()
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
@@ -27,7 +28,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrExists: the registry already has the device.
 	ErrExists = errors.New("already exists")
-	// ErrRateLimited: the hub asks to retry later.
+	// ErrRateLimited: the hub asks to retry later (after
+	// HubError.RetryAfter).
 	ErrRateLimited = errors.New("rate limited")
 )
 
@@ -37,6 +39,12 @@ type HubError struct {
 	StatusCode int    // HTTP status
 	Code       int    // Azure error code, e.g. 404104
 	Message    string // the hub's message
+
+	// RetryAfter is how long the hub asked the caller to wait before
+	// trying again (its Retry-After header, sent with 429 Too Many
+	// Requests when a stream limit or a policy's initiation rate is
+	// reached); zero when the answer carried none.
+	RetryAfter time.Duration
 }
 
 func (e *HubError) Error() string {

@@ -2,13 +2,16 @@
 # test.sh: dsproxy's one test command. Run it from anywhere in the checkout.
 #
 #   scripts/test.sh           gofmt, go vet, go test -race, every fuzz target
-#                             for $FUZZTIME, and the end-to-end test with real
-#                             OpenSSH (scripts/e2e-ssh.sh)
+#                             for $FUZZTIME, and the end-to-end tests with real
+#                             OpenSSH (scripts/e2e-ssh.sh, then the faults:
+#                             scripts/e2e-faults.sh)
 #   scripts/test.sh --quick   the same without fuzzing, and go test -short
 #
 # Environment:
 #   DSPROXY_REQUIRE_SSH=1   OpenSSH missing is a failure (CI sets it); without
-#                           it the end-to-end test is skipped, loudly
+#                           it the end-to-end tests are skipped, loudly (so is
+#                           the network namespace part of e2e-faults.sh
+#                           without root, ip and nft or iptables)
 #   FUZZTIME                how long each fuzz target runs (default 5s)
 #
 # Every step runs even when an earlier one failed; the summary at the end
@@ -125,7 +128,7 @@ e2e() {
 		E2E_SKIPPED=1
 		return 0
 	fi
-	scripts/e2e-ssh.sh
+	"$1"
 }
 
 step "gofmt -l ." gofmt_clean
@@ -137,9 +140,14 @@ else
 	step "fuzz each target for $FUZZTIME" fuzz_all
 fi
 E2E_SKIPPED=0
-step "e2e with OpenSSH (scripts/e2e-ssh.sh)" e2e
+step "e2e with OpenSSH (scripts/e2e-ssh.sh)" e2e scripts/e2e-ssh.sh
 if ((E2E_SKIPPED)); then
 	SUMMARY[-1]="SKIP  e2e with OpenSSH: sshd/ssh not installed (apt-get install -y openssh-server openssh-client)"
+fi
+E2E_SKIPPED=0
+step "e2e faults (scripts/e2e-faults.sh)" e2e scripts/e2e-faults.sh
+if ((E2E_SKIPPED)); then
+	SUMMARY[-1]="SKIP  e2e faults: sshd/ssh not installed (apt-get install -y openssh-server openssh-client)"
 fi
 
 printf '\n==> summary (%ds)\n' "$((SECONDS - START))"

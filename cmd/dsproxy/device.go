@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
@@ -30,6 +31,8 @@ Example:
      --ca-file ca.pem --target ssh=localhost:22 --target rdp=localhost:3389`,
 		Flags: append(clientFlags(),
 			&cli.StringSliceFlag{Name: "target", Usage: "`[NAME=]HOST:PORT` to expose under stream name NAME (repeatable; without NAME, any stream name)", EnvVars: []string{"DSPROXY_TARGET"}, Required: true},
+			&cli.DurationFlag{Name: "keepalive", Value: 15 * time.Second, Usage: "how often the device pings the hub", EnvVars: []string{"DSPROXY_KEEPALIVE"}},
+			&cli.DurationFlag{Name: "keepalive-timeout", Value: 10 * time.Second, Usage: "how long a ping may go unanswered before the hub is taken for gone and redialled (a dead hub is noticed within --keepalive plus this)", EnvVars: []string{"DSPROXY_KEEPALIVE_TIMEOUT"}},
 		),
 		Action: runDevice,
 	}
@@ -50,18 +53,25 @@ func runDevice(c *cli.Context) error {
 			targets = append(targets, t)
 		}
 	}
-	if c.String("connection-string") == "" {
+	if c.String("connection-string") == "" && c.String("connection-string-file") == "" {
 		return errors.New("a device needs its own connection string: pass --connection-string (from `dsproxy devices add ID`) or set DSPROXY_CONNECTION_STRING")
+	}
+	connStr, err := connectionString(c, log)
+	if err != nil {
+		return err
 	}
 	tlsCfg, err := clientTLS(c, log)
 	if err != nil {
 		return err
 	}
 	return runDeviceAgent(c.Context, deviceOptions{
-		connStr: c.String("connection-string"),
+		connStr: connStr,
 		tlsCfg:  tlsCfg,
 		targets: targets,
 		log:     log,
+
+		keepAlive:        c.Duration("keepalive"),
+		keepAliveTimeout: c.Duration("keepalive-timeout"),
 	})
 }
 
@@ -73,6 +83,9 @@ type deviceOptions struct {
 	log     zerolog.Logger
 	// connected, when set, is called once the first session is up.
 	connected func()
+	// keepAlive and keepAliveTimeout: see hubclient.DeviceConfig; zero
+	// means its defaults.
+	keepAlive, keepAliveTimeout time.Duration
 }
 
 // runDeviceAgent runs the device client with the device proxy as its
@@ -80,9 +93,11 @@ type deviceOptions struct {
 func runDeviceAgent(ctx context.Context, o deviceOptions) error {
 	var proxy *tunnel.Device
 	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{
-		ConnectionString: o.connStr,
-		TLSConfig:        o.tlsCfg,
-		Logger:           o.log,
+		ConnectionString:       o.connStr,
+		TLSConfig:              o.tlsCfg,
+		KeepAliveInterval:      o.keepAlive,
+		ConnectionWriteTimeout: o.keepAliveTimeout,
+		Logger:                 o.log,
 	}, func(ctx context.Context, req *hubclient.StreamRequest) { proxy.HandleStream(ctx, req) })
 	if err != nil {
 		return err

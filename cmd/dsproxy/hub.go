@@ -32,7 +32,18 @@ Example:
 			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate `FILE` to serve instead of the generated one", EnvVars: []string{"DSPROXY_TLS_CERT"}},
 			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key `FILE` of --tls-cert", EnvVars: []string{"DSPROXY_TLS_KEY"}},
 			&cli.DurationFlag{Name: "handshake-timeout", Value: hub.DefaultConfig().HandshakeTimeout, Usage: "how long both sides of a new stream have to connect", EnvVars: []string{"DSPROXY_HANDSHAKE_TIMEOUT"}},
-			&cli.DurationFlag{Name: "keepalive", Value: hub.DefaultConfig().KeepAliveInterval, Usage: "how often the hub pings each device", EnvVars: []string{"DSPROXY_KEEPALIVE"}},
+			&cli.DurationFlag{Name: "keepalive", Value: hub.DefaultConfig().KeepAliveInterval, Usage: "how often the hub pings each device and each stream's sides", EnvVars: []string{"DSPROXY_KEEPALIVE"}},
+			&cli.DurationFlag{Name: "keepalive-timeout", Value: hub.DefaultConfig().ConnectionWriteTimeout, Usage: "how long a ping may go unanswered before the device or stream side is taken for dead (silent peers are noticed within --keepalive plus this)", EnvVars: []string{"DSPROXY_KEEPALIVE_TIMEOUT"}},
+			&cli.IntFlag{Name: "max-streams", Value: hub.DefaultConfig().MaxStreams, Usage: "active streams the hub carries at once; more get 429", EnvVars: []string{"DSPROXY_MAX_STREAMS"}},
+			&cli.IntFlag{Name: "max-streams-per-device", Value: hub.DefaultConfig().MaxStreamsPerDevice, Usage: "active streams per device; more get 429", EnvVars: []string{"DSPROXY_MAX_STREAMS_PER_DEVICE"}},
+			&cli.IntFlag{Name: "max-pending-handshakes", Value: hub.DefaultConfig().MaxPendingHandshakes, Usage: "streams initiated whose two sides have not both connected yet; more get 429", EnvVars: []string{"DSPROXY_MAX_PENDING_HANDSHAKES"}},
+			&cli.Float64Flag{Name: "stream-rate", Value: hub.DefaultConfig().StreamRate, Usage: "new streams per second per policy (token bucket); more get 429 with Retry-After", EnvVars: []string{"DSPROXY_STREAM_RATE"}},
+			&cli.IntFlag{Name: "stream-burst", Value: hub.DefaultConfig().StreamBurst, Usage: "burst of new streams per policy above --stream-rate", EnvVars: []string{"DSPROXY_STREAM_BURST"}},
+			&cli.DurationFlag{Name: "idle-timeout", Value: hub.DefaultConfig().IdleStreamTimeout, Usage: "close a stream with no data either way for this long (0: never)", EnvVars: []string{"DSPROXY_IDLE_TIMEOUT"}},
+			&cli.Int64Flag{Name: "max-message-size", Value: hub.DefaultConfig().MaxMessageSize, Usage: "largest WebSocket message in `BYTES` on the streaming endpoint (at least 65536); larger ends the stream with 1009", EnvVars: []string{"DSPROXY_MAX_MESSAGE_SIZE"}},
+			&cli.DurationFlag{Name: "event-retention", Value: hub.DefaultConfig().EventRetention, Usage: "how long stream events (the audit trail) are kept (0: no age bound)", EnvVars: []string{"DSPROXY_EVENT_RETENTION"}},
+			&cli.IntFlag{Name: "max-events", Value: hub.DefaultConfig().MaxEvents, Usage: "how many stream events are kept at most, newest first (0: no count bound)", EnvVars: []string{"DSPROXY_MAX_EVENTS"}},
+			&cli.DurationFlag{Name: "shutdown-grace", Value: hub.DefaultConfig().ShutdownGrace, Usage: "on SIGTERM, how long running streams may go on (new ones are refused) before they are closed", EnvVars: []string{"DSPROXY_SHUTDOWN_GRACE"}},
 		),
 		Action: runHub,
 	}
@@ -53,6 +64,17 @@ func runHub(c *cli.Context) error {
 	cfg.TLSCertFile, cfg.TLSKeyFile = c.String("tls-cert"), c.String("tls-key")
 	cfg.HandshakeTimeout = c.Duration("handshake-timeout")
 	cfg.KeepAliveInterval = c.Duration("keepalive")
+	cfg.ConnectionWriteTimeout = c.Duration("keepalive-timeout")
+	cfg.ShutdownGrace = c.Duration("shutdown-grace")
+	cfg.MaxStreams = c.Int("max-streams")
+	cfg.MaxStreamsPerDevice = c.Int("max-streams-per-device")
+	cfg.MaxPendingHandshakes = c.Int("max-pending-handshakes")
+	cfg.StreamRate = c.Float64("stream-rate")
+	cfg.StreamBurst = c.Int("stream-burst")
+	cfg.IdleStreamTimeout = c.Duration("idle-timeout")
+	cfg.MaxMessageSize = c.Int64("max-message-size")
+	cfg.EventRetention = c.Duration("event-retention")
+	cfg.MaxEvents = c.Int("max-events")
 	cfg.Logger = log
 
 	ln, err := net.Listen("tcp", c.String("listen"))

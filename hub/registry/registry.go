@@ -171,6 +171,11 @@ type Store interface {
 	// StreamEvents returns the events matching f, newest first (by
 	// Started, then by ID).
 	StreamEvents(ctx context.Context, f EventFilter) ([]StreamEvent, error)
+	// PruneStreamEvents bounds the event log: it deletes every event that
+	// started before olderThan, and every event beyond the newest keep (in
+	// the order of StreamEvents), and returns how many it deleted. A zero
+	// olderThan sets no age bound; keep <= 0 sets no count bound.
+	PruneStreamEvents(ctx context.Context, olderThan time.Time, keep int) (int, error)
 
 	// Close releases the store. Calls made after Close fail.
 	Close() error

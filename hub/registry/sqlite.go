@@ -467,6 +467,54 @@ func (s *sqliteStore) StreamEvents(ctx context.Context, f EventFilter) ([]Stream
 	return es, nil
 }
 
+func (s *sqliteStore) PruneStreamEvents(ctx context.Context, olderThan time.Time, keep int) (int, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("prune stream events: %w", err)
+	}
+	defer tx.Rollback()
+	var n int64
+	if !olderThan.IsZero() {
+		res, err := tx.ExecContext(ctx, `DELETE FROM stream_events WHERE started < ?`, olderThan.UnixMicro())
+		if err != nil {
+			return 0, fmt.Errorf("prune stream events: %w", err)
+		}
+		d, err := res.RowsAffected()
+		if err != nil {
+			return 0, fmt.Errorf("prune stream events: %w", err)
+		}
+		n += d
+	}
+	if keep > 0 {
+		// The newest event past the bound, and everything older than it,
+		// go: one walk of the (started, id) index rather than a NOT IN over
+		// the events kept.
+		var started, id int64
+		err := tx.QueryRowContext(ctx, `SELECT started, id FROM stream_events
+			ORDER BY started DESC, id DESC LIMIT 1 OFFSET ?`, keep).Scan(&started, &id)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return 0, fmt.Errorf("prune stream events: %w", err)
+		default:
+			res, err := tx.ExecContext(ctx, `DELETE FROM stream_events
+				WHERE started < ? OR (started = ? AND id <= ?)`, started, started, id)
+			if err != nil {
+				return 0, fmt.Errorf("prune stream events: %w", err)
+			}
+			d, err := res.RowsAffected()
+			if err != nil {
+				return 0, fmt.Errorf("prune stream events: %w", err)
+			}
+			n += d
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("prune stream events: %w", err)
+	}
+	return int(n), nil
+}
+
 func (s *sqliteStore) Close() error {
 	s.closeOnce.Do(func() {
 		s.closeErr = errors.Join(s.r.Close(), s.w.Close())

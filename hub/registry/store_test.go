@@ -32,6 +32,7 @@ func testStore(t *testing.T, open func(t *testing.T) registry.Store) {
 		{"EnsureDefaultPoliciesKeepsExisting", testEnsureDefaultPoliciesKeepsExisting},
 		{"StreamEvents", testStreamEvents},
 		{"StreamEventsDefaultLimit", testStreamEventsDefaultLimit},
+		{"PruneStreamEvents", testPruneStreamEvents},
 		{"ConcurrentCreates", testConcurrentCreates},
 		{"NoKeysInErrors", testNoKeysInErrors},
 	}
@@ -521,6 +522,68 @@ func testStreamEventsDefaultLimit(t *testing.T, s registry.Store) {
 	}
 	if es[0].StreamID != fmt.Sprint(n-1) || es[999].StreamID != fmt.Sprint(n-1000) {
 		t.Errorf("StreamEvents returned %s..%s, want the newest 1000", es[0].StreamID, es[999].StreamID)
+	}
+}
+
+func testPruneStreamEvents(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	if n, err := s.PruneStreamEvents(ctx, time.Now(), 1); err != nil || n != 0 {
+		t.Fatalf("PruneStreamEvents on an empty store = %d, %v; want 0, nil", n, err)
+	}
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	// e0..e9 start a minute apart; e10 starts with e5, added later, so it
+	// is newer than e5 in the order of StreamEvents.
+	for i := range 10 {
+		if err := s.AddStreamEvent(ctx, registry.StreamEvent{StreamID: fmt.Sprintf("e%d", i), DeviceID: "d", Started: t0.Add(time.Duration(i) * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddStreamEvent(ctx, registry.StreamEvent{StreamID: "e10", DeviceID: "d", Started: t0.Add(5 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	remaining := func() []string {
+		t.Helper()
+		es, err := s.StreamEvents(ctx, registry.EventFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return streamIDs(es)
+	}
+	for _, step := range []struct {
+		name      string
+		olderThan time.Time
+		keep      int
+		deleted   int
+		want      []string
+	}{
+		{"no bound", time.Time{}, 0, 0, []string{"e9", "e8", "e7", "e6", "e10", "e5", "e4", "e3", "e2", "e1", "e0"}},
+		{"bounds above the log", t0, 100, 0, []string{"e9", "e8", "e7", "e6", "e10", "e5", "e4", "e3", "e2", "e1", "e0"}},
+		{"age", t0.Add(2 * time.Minute), 0, 2, []string{"e9", "e8", "e7", "e6", "e10", "e5", "e4", "e3", "e2"}},
+		{"count, splitting equal start times", time.Time{}, 5, 4, []string{"e9", "e8", "e7", "e6", "e10"}},
+		{"both, age wins", t0.Add(8 * time.Minute), 4, 3, []string{"e9", "e8"}},
+		{"both, count wins", t0, 1, 1, []string{"e9"}},
+		{"negative keep is no bound", time.Time{}, -1, 0, []string{"e9"}},
+	} {
+		n, err := s.PruneStreamEvents(ctx, step.olderThan, step.keep)
+		if err != nil {
+			t.Fatalf("%s: PruneStreamEvents: %v", step.name, err)
+		}
+		if n != step.deleted {
+			t.Errorf("%s: PruneStreamEvents deleted %d, want %d", step.name, n, step.deleted)
+		}
+		if got := remaining(); !slices.Equal(got, step.want) {
+			t.Fatalf("%s: events left %q, want %q", step.name, got, step.want)
+		}
+	}
+	// Events added after a prune are kept and counted afresh.
+	if err := s.AddStreamEvent(ctx, registry.StreamEvent{StreamID: "e11", DeviceID: "d", Started: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.PruneStreamEvents(ctx, time.Time{}, 1); err != nil || n != 1 {
+		t.Errorf("PruneStreamEvents = %d, %v; want 1, nil", n, err)
+	}
+	if got := remaining(); !slices.Equal(got, []string{"e11"}) {
+		t.Errorf("events left %q, want [e11]", got)
 	}
 }
 

@@ -181,6 +181,7 @@ const (
 	CodePreconditionFailed  = 412002
 	CodeTooManyRequests     = 429001
 	CodeInternal            = 500001
+	CodeBadGateway          = 502101 // the device's answer was not a StreamResponse
 	CodeGatewayTimeout      = 504101
 	CodeServiceUnavailable  = 503001
 	CodeRequestTooLarge     = 413001
