@@ -1,0 +1,136 @@
+# shellcheck shell=bash
+# scripts/lib/e2e.sh: what the process-level test scripts share: PASS/FAIL
+# bookkeeping, starting and stopping background processes, polling with a
+# deadline, free ports. Source it after setting:
+#
+#   E2E_NAME   prefix of log lines (e.g. e2e, faults)
+#   WORK       the work directory; LOGS, a directory in it for process logs
+#
+# It defines FAILS, PASSES, START_NS and the process tables PROC_NAMES,
+# PROC_PIDS (in start order) and PROC_PID (by name).
+
+FAILS=0
+PASSES=0
+START_NS=$(date +%s%N)
+PROC_NAMES=()
+PROC_PIDS=()
+declare -A PROC_PID=()
+
+log() { printf '%s %s: %s\n' "$(date +%T)" "$E2E_NAME" "$*"; }
+pass() {
+	PASSES=$((PASSES + 1))
+	printf 'PASS: %s\n' "$*"
+}
+fail() {
+	FAILS=$((FAILS + 1))
+	printf 'FAIL: %s\n' "$*"
+}
+die() {
+	fail "$*"
+	exit 1
+}
+
+now_ns() { date +%s%N; }
+# secs_since NS: seconds since NS, with millisecond precision.
+secs_since() {
+	local d
+	d=$(($(now_ns) - $1))
+	printf '%d.%03d' $((d / 1000000000)) $((d / 1000000 % 1000))
+}
+
+# redact hides keys in commands and logs that are printed.
+redact() { sed -E 's/(SharedAccessKey=)[^;" ]*/\1<redacted>/g'; }
+
+# show_logs prints the tail of every log file of the started processes.
+show_logs() {
+	local f
+	for f in "$LOGS"/*; do
+		[[ -s $f ]] || continue
+		printf '\n----- last 30 lines of %s -----\n' "${f#"$WORK"/}"
+		tail -n 30 "$f" | redact
+	done
+	printf '\n'
+}
+
+alive() {
+	local state
+	state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+	[[ -n $state && $state != Z ]]
+}
+
+# stop_proc NAME PID: SIGCONT (in case it was stopped), SIGTERM, up to 5 s to
+# exit, then SIGKILL; reaps it. Returns 1 when it had to be killed. A dsproxy
+# process that was running and exits non-zero on SIGTERM gets a warning.
+stop_proc() {
+	local name=$1 pid=$2 deadline rc=0 was_alive=0 status=0
+	if alive "$pid"; then
+		was_alive=1
+		kill -CONT "$pid" 2>/dev/null || true
+		kill -TERM "$pid" 2>/dev/null || true
+		deadline=$(($(now_ns) + 5000000000))
+		while alive "$pid" && (($(now_ns) < deadline)); do sleep 0.05; done
+		if alive "$pid"; then
+			printf 'WARN: %s (pid %s) still running 5 s after SIGTERM: killing it\n' "$name" "$pid"
+			kill -KILL "$pid" 2>/dev/null || true
+			rc=1
+		fi
+	fi
+	{ wait "$pid"; } 2>/dev/null || status=$?
+	if ((was_alive && rc == 0 && status != 0 && status != 127)) && [[ $name == dsproxy-* ]]; then
+		printf 'WARN: %s exited %d on SIGTERM, want 0\n' "$name" "$status"
+	fi
+	return "$rc"
+}
+
+# start NAME CMD...: runs CMD in the background, stdout to LOGS/NAME.out and
+# stderr to LOGS/NAME.log. NAME must be new.
+start() {
+	local name=$1
+	shift
+	log "start $name: $(printf '%q ' "$@" | redact)"
+	"$@" >"$LOGS/$name.out" 2>"$LOGS/$name.log" </dev/null &
+	PROC_NAMES+=("$name")
+	PROC_PIDS+=("$!")
+	PROC_PID[$name]=$!
+}
+
+# wait_for DESC SECONDS NAME CMD...: polls CMD until it succeeds. Fails when
+# the process NAME (unless empty) exits first or the deadline passes.
+wait_for() {
+	local desc=$1 secs=$2 name=$3 t0 deadline
+	shift 3
+	t0=$(now_ns)
+	deadline=$((t0 + secs * 1000000000))
+	while :; do
+		if "$@" 2>/dev/null; then
+			log "$desc: ready after $(secs_since "$t0")s"
+			return 0
+		fi
+		if [[ -n $name ]] && ! alive "${PROC_PID[$name]}"; then
+			log "$desc: $name exited before it was ready"
+			return 1
+		fi
+		if (($(now_ns) > deadline)); then
+			log "$desc: not ready after ${secs}s"
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# free_port asks the kernel for a free port on 127.0.0.1. Another process can
+# take it before ours binds it, so starters retry on a bind failure.
+free_port() {
+	if command -v python3 >/dev/null; then
+		python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+	else
+		# shellcheck disable=SC2016 # perl code, not shell
+		perl -MIO::Socket::INET -e 'my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 1) or die "bind: $!"; print $s->sockport, "\n"'
+	fi
+}
+
+# port_open PORT [HOST]: whether something accepts on HOST:PORT.
+port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
+
+# bind_failed NAME: whether NAME's log says its port was taken.
+bind_failed() { grep -qiE 'address already in use|cannot bind|bind to port .* failed' "$LOGS/$1.log"; }
