@@ -202,6 +202,7 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	// device makes wait.
 	removed := s.removeSession(c)
 	if lost != nil {
+		s.metrics.sessionLost()
 		c.log.Warn().Err(lost).Msg("device lost: no keepalive answer or a broken connection; ending its streams")
 		s.loseSession(c, lost)
 		drop() // a lost device never answers the close handshake: cut the connection
@@ -220,6 +221,7 @@ func (s *Server) addSession(c *session) *session {
 	defer s.mu.Unlock()
 	old := s.sessions[c.deviceID]
 	s.sessions[c.deviceID] = c
+	s.metrics.sessionAdded(old != nil)
 	return old
 }
 

@@ -278,6 +278,8 @@ type Server struct {
 
 	// lim counts streams against the configured limits.
 	lim *limiter
+	// metrics are served at GET /metrics (metrics.go).
+	metrics *metrics
 
 	closeOnce sync.Once
 	closeErr  error
@@ -300,6 +302,7 @@ func New(cfg Config, ln net.Listener) (*Server, error) {
 		stopping: make(chan struct{}),
 		lim:      newLimiter(&cfg),
 	}
+	s.metrics = newMetrics(s)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.open(); err != nil {
 		s.cancel()
@@ -454,6 +457,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT /devices/{id}", s.handlePutDevice)
 	mux.HandleFunc("DELETE /devices/{id}", s.handleDeleteDevice)
 	mux.HandleFunc("GET /hub", s.handleHub)
+	mux.HandleFunc("GET /streams", s.handleActiveStreams)
+	mux.HandleFunc("GET /events", s.handleEvents)
+	mux.Handle("GET /metrics", s.metrics.handler()) // counts only, unauthenticated: see metrics.go
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

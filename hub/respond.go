@@ -19,6 +19,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // writeError writes an Azure-style JSON error.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, status int, e *apiError) {
+	s.metrics.refused(status)
 	tracking := randomID(12)
 	w.Header().Set("iothub-errorcode", e.name)
 	writeJSON(w, status, wire.NewError(e.code, e.name, e.msg, tracking, time.Now()))

@@ -236,6 +236,7 @@ func (s *Server) handleInitiate(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), responseTO)
 	defer cancel()
 	resp, err := s.deliver(ctx, st, sess, connectTO)
+	s.metrics.answered(st.created)
 	if err != nil {
 		s.drop(st)
 		switch {
@@ -279,6 +280,7 @@ func (s *Server) handleInitiate(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("device %q accepted the stream after its handshake deadline", id)})
 		return
 	}
+	s.metrics.streamStarted()
 	url := s.streamURL(st.id)
 	w.Header().Set(wire.HeaderIsAccepted, wire.Accepted)
 	w.Header().Set(wire.HeaderURL, url)
@@ -310,6 +312,7 @@ func (s *Server) recordEvent(st *stream, result, reason string) {
 }
 
 func (s *Server) addEvent(e registry.StreamEvent) {
+	s.metrics.streamEvent(e)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.reg.AddStreamEvent(ctx, e); err != nil {
@@ -394,6 +397,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	if paired {
 		st.timer.Stop()
 		s.lim.paired()
+		s.metrics.paired(st.created)
 		delete(s.streams, st.id)
 		s.relays[st] = struct{}{}
 	}

@@ -9,6 +9,7 @@
 package hubclient
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -63,6 +64,10 @@ func newBase(connStr string, tlsCfg *tls.Config, ttl time.Duration) (*base, erro
 		// WebSockets need HTTP/1.1.
 		ForceAttemptHTTP2: false,
 	}
+	// net/http reports a refused CONNECT as the bare status text
+	// ("Forbidden"); name the proxy so that the operator knows where to
+	// look. Clone (dialStream) keeps it.
+	tr.OnProxyConnectResponse = proxyRefused
 	return &base{
 		cs:     cs,
 		http:   &http.Client{Transport: tr},
@@ -147,4 +152,13 @@ func pathEscape(s string) string { return url.PathEscape(s) }
 
 func deviceConnString(host, id, key string) string {
 	return sas.ConnectionString{HostName: host, DeviceID: id, SharedAccessKey: key}.String()
+}
+
+// proxyRefused fails a CONNECT through HTTPS_PROXY that did not succeed,
+// naming the proxy and the hub address it was asked for.
+func proxyRefused(_ context.Context, proxyURL *url.URL, req *http.Request, resp *http.Response) error {
+	if resp.StatusCode == http.StatusOK {
+		return nil
+	}
+	return fmt.Errorf("proxy %s refused CONNECT %s: %s", proxyURL.Redacted(), req.Host, resp.Status)
 }

@@ -84,28 +84,14 @@ lift_drop() {
 }
 
 cleanup() {
-	local rc=$? i
+	local rc=$?
 	trap - EXIT INT TERM
-	for ((i = ${#PROC_PIDS[@]} - 1; i >= 0; i--)); do
-		stop_proc "${PROC_NAMES[i]}" "${PROC_PIDS[i]}" || true
-	done
+	stop_all
 	lift_drop
 	if [[ -n $NS ]]; then ip netns del "$NS" 2>/dev/null || true; fi
 	if [[ -n $VETH_HOST ]]; then ip link del "$VETH_HOST" 2>/dev/null || true; fi
-	if ((FAILS > 0 || rc != 0)); then
-		show_logs
-		((rc != 0)) || rc=1
-	fi
-	if [[ ${E2E_KEEP:-} == 1 ]]; then
-		log "work directory kept: $WORK"
-	else
-		rm -rf "$WORK"
-	fi
-	printf '\ne2e-faults: %d passed, %d failed, %d skipped, %ss\n' "$PASSES" "$FAILS" "${#SKIPS[@]}" \
-		"$(secs "$(ms_since "$START_NS")")"
 	if ((${#SKIPS[@]} > 0)); then printf '  SKIPPED: %s\n' "${SKIPS[@]}"; fi
-	if ((rc == 0)); then echo "e2e-faults: OK"; else echo "e2e-faults: FAILED"; fi
-	exit "$rc"
+	finish "$rc" ", ${#SKIPS[@]} skipped"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -122,18 +108,7 @@ for tool in sshd ssh ssh-keygen; do
 	fi
 done
 SSHD=$(command -v sshd || echo /usr/sbin/sshd)
-if ! command -v python3 >/dev/null && ! command -v perl >/dev/null; then
-	die "need python3 or perl to find free ports"
-fi
-if [[ -n ${DSPROXY_BIN:-} ]]; then
-	BIN=$DSPROXY_BIN
-	[[ -x $BIN ]] || die "DSPROXY_BIN=$BIN is not an executable"
-else
-	BIN=$WORK/dsproxy
-	log "building dsproxy: go build -o $BIN ./cmd/dsproxy"
-	(cd "$ROOT" && go build -o "$BIN" ./cmd/dsproxy) || die "go build ./cmd/dsproxy failed"
-fi
-log "work dir $WORK, binary $BIN"
+use_binary
 
 # ---------------------------------------------------------------- sshd
 

@@ -43,28 +43,10 @@ source "$ROOT/scripts/lib/e2e.sh"
 
 
 cleanup() {
-	local rc=$? i name pid
+	local rc=$?
 	trap - EXIT INT TERM
-	# Newest first: proxies before the hub, the hub before sshd.
-	for ((i = ${#PROC_PIDS[@]} - 1; i >= 0; i--)); do
-		name=${PROC_NAMES[i]} pid=${PROC_PIDS[i]}
-		if ! stop_proc "$name" "$pid" && [[ $name == dsproxy-* ]]; then
-			fail "$name did not stop within 5 s of SIGTERM"
-		fi
-	done
-	if ((FAILS > 0 || rc != 0)); then
-		show_logs
-		((rc != 0)) || rc=1
-	fi
-	if [[ ${E2E_KEEP:-} == 1 ]]; then
-		log "work directory kept: $WORK"
-	else
-		rm -rf "$WORK"
-	fi
-	printf '\ne2e-ssh: %d passed, %d failed, %ss%s\n' "$PASSES" "$FAILS" "$(secs_since "$START_NS")" \
-		"${E_SECS:+; ssh ended ${E_SECS}s after kill -9 of the device}"
-	if ((rc == 0)); then echo "e2e-ssh: OK"; else echo "e2e-ssh: FAILED"; fi
-	exit "$rc"
+	stop_all
+	finish "$rc" "${E_SECS:+; ssh ended ${E_SECS}s after kill -9 of the device}"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -78,19 +60,7 @@ for tool in sshd ssh scp ssh-keygen sha256sum; do
 	fi
 done
 SSHD=$(command -v sshd || echo /usr/sbin/sshd)
-if ! command -v python3 >/dev/null && ! command -v perl >/dev/null; then
-	die "need python3 or perl to find free ports"
-fi
-
-if [[ -n ${DSPROXY_BIN:-} ]]; then
-	BIN=$DSPROXY_BIN
-	[[ -x $BIN ]] || die "DSPROXY_BIN=$BIN is not an executable"
-else
-	BIN=$WORK/dsproxy
-	log "building dsproxy: go build -o $BIN ./cmd/dsproxy"
-	(cd "$ROOT" && go build -o "$BIN" ./cmd/dsproxy) || die "go build ./cmd/dsproxy failed"
-fi
-log "work dir $WORK, binary $BIN"
+use_binary
 
 # ---------------------------------------------------------------- sshd
 

@@ -4,14 +4,16 @@
 #   scripts/test.sh           gofmt, go vet, go test -race, every fuzz target
 #                             for $FUZZTIME, and the end-to-end tests with real
 #                             OpenSSH (scripts/e2e-ssh.sh, then the faults:
-#                             scripts/e2e-faults.sh)
+#                             scripts/e2e-faults.sh), and through a real
+#                             HTTP proxy (scripts/e2e-proxy.sh, tinyproxy)
 #   scripts/test.sh --quick   the same without fuzzing, and go test -short
 #
 # Environment:
 #   DSPROXY_REQUIRE_SSH=1   OpenSSH missing is a failure (CI sets it); without
 #                           it the end-to-end tests are skipped, loudly (so is
 #                           the network namespace part of e2e-faults.sh
-#                           without root, ip and nft or iptables)
+#                           without root, ip and nft or iptables); so is
+#                           tinyproxy (or root) for scripts/e2e-proxy.sh
 #   FUZZTIME                how long each fuzz target runs (default 5s)
 #
 # Every step runs even when an earlier one failed; the summary at the end
@@ -148,6 +150,31 @@ E2E_SKIPPED=0
 step "e2e faults (scripts/e2e-faults.sh)" e2e scripts/e2e-faults.sh
 if ((E2E_SKIPPED)); then
 	SUMMARY[-1]="SKIP  e2e faults: sshd/ssh not installed (apt-get install -y openssh-server openssh-client)"
+fi
+
+# e2e_proxy: scripts/e2e-proxy.sh needs tinyproxy and root (for /etc/hosts).
+e2e_proxy() {
+	local msg=
+	if ! have tinyproxy; then
+		msg="tinyproxy not found: install it with: apt-get install -y tinyproxy"
+	elif ((EUID != 0)) && ! getent hosts hub.dsproxy.test >/dev/null; then
+		msg="not root: e2e-proxy.sh adds hub.dsproxy.test to /etc/hosts"
+	fi
+	if [[ -n $msg ]]; then
+		if [[ ${DSPROXY_REQUIRE_SSH:-} == 1 ]]; then
+			echo "FAIL: $msg (DSPROXY_REQUIRE_SSH=1: the end-to-end tests are required)"
+			return 1
+		fi
+		printf '\n!!! SKIP: e2e behind a proxy NOT RUN: %s\n' "$msg"
+		E2E_SKIPPED=$msg
+		return 0
+	fi
+	scripts/e2e-proxy.sh
+}
+E2E_SKIPPED=0
+step "e2e behind a proxy (scripts/e2e-proxy.sh)" e2e_proxy
+if [[ $E2E_SKIPPED != 0 ]]; then
+	SUMMARY[-1]="SKIP  e2e behind a proxy: $E2E_SKIPPED"
 fi
 
 printf '\n==> summary (%ds)\n' "$((SECONDS - START))"

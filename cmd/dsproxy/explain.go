@@ -20,11 +20,14 @@ func explain(err error) error {
 	var hn x509.HostnameError
 	var cv *tls.CertificateVerificationError
 	var dns *net.DNSError
+	var op *net.OpError
 	switch {
 	case errors.As(err, &ua) || (errors.As(err, &cv) && errors.As(cv.Err, &ua)):
 		return fmt.Errorf("the hub's certificate is not signed by a CA this machine trusts: pass --ca-file with the hub's DATA_DIR/tls/ca.pem (%w)", err)
 	case errors.As(err, &hn):
 		return fmt.Errorf("the hub's certificate is not valid for %q: start the hub with --hostname for that name, or use a name the certificate covers (%w)", hn.Host, err)
+	case errors.As(err, &op) && op.Op == "proxyconnect":
+		return fmt.Errorf("cannot reach the hub through the proxy in HTTPS_PROXY: check it, or list the hub's name in NO_PROXY (%w)", err)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("cannot reach the hub: connection refused: is dsproxy hub running at the connection string's HostName? (%w)", err)
 	case errors.As(err, &dns):

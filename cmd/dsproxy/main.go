@@ -49,12 +49,14 @@ Quick start on one machine:
 		ErrWriter:            stderr,
 		EnableBashCompletion: true,
 		Commands: []*cli.Command{
-			hubCommand(),
+			hubCommandWithShow(),
 			devicesCommand(),
 			deviceCommand(),
 			serviceCommand(),
 			devCommand(),
 			sshConfigCommand(),
+			streamsCommand(),
+			logsCommand(),
 		},
 	}
 }

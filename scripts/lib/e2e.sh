@@ -134,3 +134,53 @@ port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 # bind_failed NAME: whether NAME's log says its port was taken.
 bind_failed() { grep -qiE 'address already in use|cannot bind|bind to port .* failed' "$LOGS/$1.log"; }
+
+# use_binary sets BIN to $DSPROXY_BIN, or builds dsproxy from this checkout
+# (ROOT) into WORK, and checks free_port has what it needs.
+use_binary() {
+	if ! command -v python3 >/dev/null && ! command -v perl >/dev/null; then
+		die "need python3 or perl to find free ports"
+	fi
+	if [[ -n ${DSPROXY_BIN:-} ]]; then
+		BIN=$DSPROXY_BIN
+		[[ -x $BIN ]] || die "DSPROXY_BIN=$BIN is not an executable"
+	else
+		BIN=$WORK/dsproxy
+		log "building dsproxy: go build -o $BIN ./cmd/dsproxy"
+		(cd "$ROOT" && go build -o "$BIN" ./cmd/dsproxy) || die "go build ./cmd/dsproxy failed"
+	fi
+	log "work dir $WORK, binary $BIN"
+}
+
+# stop_all stops every started process, newest first (proxies before the
+# hub, the hub before sshd). A dsproxy process that has to be killed fails
+# the run.
+stop_all() {
+	local i name pid
+	for ((i = ${#PROC_PIDS[@]} - 1; i >= 0; i--)); do
+		name=${PROC_NAMES[i]} pid=${PROC_PIDS[i]}
+		if ! stop_proc "$name" "$pid" && [[ $name == dsproxy-* ]]; then
+			fail "$name did not stop within 5 s of SIGTERM"
+		fi
+	done
+}
+
+# finish RC [SUMMARY]: on failure prints the processes' logs; removes WORK
+# unless E2E_KEEP=1; prints "SCRIPT: n passed, m failed, SUMMARY" and OK or
+# FAILED; exits with RC, or 1 when a check failed.
+finish() {
+	local rc=$1 summary=${2:-} script
+	script=$(basename "$0" .sh)
+	if ((FAILS > 0 || rc != 0)); then
+		show_logs
+		((rc != 0)) || rc=1
+	fi
+	if [[ ${E2E_KEEP:-} == 1 ]]; then
+		log "work directory kept: $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	printf '\n%s: %d passed, %d failed, %ss%s\n' "$script" "$PASSES" "$FAILS" "$(secs_since "$START_NS")" "$summary"
+	if ((rc == 0)); then echo "$script: OK"; else echo "$script: FAILED"; fi
+	exit "$rc"
+}

@@ -1,0 +1,222 @@
+package hub
+
+// The hub's Prometheus metrics (issue #5, "GET /metrics"), served at
+// GET /metrics in the Prometheus text format. Each Server has its own
+// registry, so several hubs in one process (tests) do not collide.
+//
+// The endpoint is unauthenticated, like /healthz, so a load balancer or a
+// Prometheus server can reach it without a key. It reveals counts only:
+// no label carries a device ID, stream ID, policy name, key or token. A
+// device ID as a label would also give every device of the fleet its own
+// time series (unbounded cardinality). Every label takes its value from a
+// small fixed set. docs/metrics.md lists the metrics.
+//
+// Where each one is counted:
+//
+//	connected_devices, active_streams, pending_handshakes
+//	    read at scrape time from the hub's state (sessions, limiter)
+//	streams_started_total     handleInitiate, when the device accepted
+//	streams_ended_total       addEvent: one per stored stream event
+//	relayed_bytes_total       addEvent: a relayed stream's bytes, added
+//	                          when it ends (not while it runs)
+//	handshake_seconds         handleStream, when the second side connects
+//	initiate_seconds          handleInitiate, when deliver returns
+//	rejected_requests_total   writeError: every HTTP error response
+//	control_sessions_total    addSession and handleControl
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dsproxy/dsproxy/hub/registry"
+)
+
+// metricsPrefix is the namespace and subsystem of every hub metric.
+const (
+	metricsNamespace = "dsproxy"
+	metricsSubsystem = "hub"
+)
+
+// Values of the labels; every label takes its value from one of these
+// sets, never from a request.
+const (
+	causeUnauthorized = "unauthorized"
+	causeForbidden    = "forbidden"
+	causeBadRequest   = "bad_request"
+	causeNotFound     = "not_found"
+	causeThrottled    = "throttled"
+	causeUnavailable  = "unavailable"
+	causeTimeout      = "timeout"
+	causeError        = "error"
+	causeOther        = "other"
+
+	sessionConnected = "connected"
+	sessionReplaced  = "replaced"
+	sessionLost      = "lost"
+)
+
+// streamResults are the results of stream events (events.go); an unknown
+// one is counted as "error" so the label set stays fixed.
+var streamResults = []string{
+	"ended", resultLost, "idle", resultRevoked, resultShutdown, "expired",
+	"rejected", "unavailable", "timeout", "throttled", "canceled", "error",
+}
+
+// metrics holds the hub's collectors. Its methods are safe for concurrent
+// use and never take Server.mu, so they may be called with it held; the
+// gauges take Server.mu at scrape time.
+type metrics struct {
+	reg *prometheus.Registry
+
+	started     prometheus.Counter
+	ended       *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
+	handshake   prometheus.Histogram
+	initiate    prometheus.Histogram
+	rejected    *prometheus.CounterVec
+	controlSess *prometheus.CounterVec
+
+	knownResults map[string]bool
+}
+
+// latencyBuckets span a loopback handshake (about a millisecond) to a
+// device that takes most of a minute to answer.
+var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetrics(s *Server) *metrics {
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
+	}
+	hopts := func(name, help string) prometheus.HistogramOpts {
+		return prometheus.HistogramOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help, Buckets: latencyBuckets}
+	}
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		started: prometheus.NewCounter(prometheus.CounterOpts(opts("streams_started_total",
+			"Stream initiations the device accepted."))),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts(opts("streams_ended_total",
+			"Stream events stored, by result: how an initiation or a relayed stream ended.")), []string{"result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts(opts("relayed_bytes_total",
+			"Bytes relayed by streams that have ended; up is service to device, down is device to service.")), []string{"direction"}),
+		handshake: prometheus.NewHistogram(hopts("handshake_seconds",
+			"Time from a stream's admission to both of its sides connected to the streaming endpoint.")),
+		initiate: prometheus.NewHistogram(hopts("initiate_seconds",
+			"Time from a stream's admission to the device's answer, or to the failure of the request to the device.")),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts(opts("rejected_requests_total",
+			"HTTP requests answered with an error, by cause.")), []string{"cause"}),
+		controlSess: prometheus.NewCounterVec(prometheus.CounterOpts(opts("control_sessions_total",
+			"Device control session events: connected, replaced by a newer session, lost without a close.")), []string{"event"}),
+		knownResults: make(map[string]bool, len(streamResults)),
+	}
+	gauge := func(name, help string, f func() int) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(name, help)), func() float64 { return float64(f()) })
+	}
+	m.reg.MustRegister(
+		m.started, m.ended, m.bytes, m.handshake, m.initiate, m.rejected, m.controlSess,
+		gauge("connected_devices", "Devices holding a control session.", func() int {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return len(s.sessions)
+		}),
+		gauge("active_streams", "Streams admitted and not yet ended (see Config.MaxStreams).", func() int {
+			s.lim.mu.Lock()
+			defer s.lim.mu.Unlock()
+			return s.lim.streams
+		}),
+		gauge("pending_handshakes", "Active streams whose two sides have not both connected (see Config.MaxPendingHandshakes).", func() int {
+			s.lim.mu.Lock()
+			defer s.lim.mu.Unlock()
+			return s.lim.pending
+		}),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	// Every series exists from the start, at zero, so rate() and alerts
+	// work before the first event.
+	for _, r := range streamResults {
+		m.knownResults[r] = true
+		m.ended.WithLabelValues(r)
+	}
+	for _, d := range []string{"up", "down"} {
+		m.bytes.WithLabelValues(d)
+	}
+	for _, c := range []string{causeUnauthorized, causeForbidden, causeBadRequest, causeNotFound,
+		causeThrottled, causeUnavailable, causeTimeout, causeError, causeOther} {
+		m.rejected.WithLabelValues(c)
+	}
+	for _, e := range []string{sessionConnected, sessionReplaced, sessionLost} {
+		m.controlSess.WithLabelValues(e)
+	}
+	return m
+}
+
+// handler serves the metrics in the Prometheus exposition format.
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// streamEvent counts a stored stream event and the bytes its stream relayed.
+func (m *metrics) streamEvent(e registry.StreamEvent) {
+	result := e.Result
+	if !m.knownResults[result] {
+		result = causeError
+	}
+	m.ended.WithLabelValues(result).Inc()
+	if e.BytesUp > 0 {
+		m.bytes.WithLabelValues("up").Add(float64(e.BytesUp))
+	}
+	if e.BytesDown > 0 {
+		m.bytes.WithLabelValues("down").Add(float64(e.BytesDown))
+	}
+}
+
+// streamStarted counts a stream the device accepted.
+func (m *metrics) streamStarted() { m.started.Inc() }
+
+// paired observes the handshake of a stream created at created.
+func (m *metrics) paired(created time.Time) { m.handshake.Observe(time.Since(created).Seconds()) }
+
+// answered observes the device's answer to a stream created at created.
+func (m *metrics) answered(created time.Time) { m.initiate.Observe(time.Since(created).Seconds()) }
+
+// refused counts an HTTP error response by its status.
+func (m *metrics) refused(status int) { m.rejected.WithLabelValues(rejectCause(status)).Inc() }
+
+// sessionAdded counts a new control session, and the one it replaced.
+func (m *metrics) sessionAdded(replaced bool) {
+	m.controlSess.WithLabelValues(sessionConnected).Inc()
+	if replaced {
+		m.controlSess.WithLabelValues(sessionReplaced).Inc()
+	}
+}
+
+// sessionLost counts a control session that died without a close.
+func (m *metrics) sessionLost() { m.controlSess.WithLabelValues(sessionLost).Inc() }
+
+// rejectCause maps an HTTP error status to the cause label.
+func rejectCause(status int) string {
+	switch status {
+	case http.StatusUnauthorized:
+		return causeUnauthorized
+	case http.StatusForbidden:
+		return causeForbidden
+	case http.StatusBadRequest:
+		return causeBadRequest
+	case http.StatusNotFound:
+		return causeNotFound
+	case http.StatusTooManyRequests:
+		return causeThrottled
+	case http.StatusServiceUnavailable:
+		return causeUnavailable
+	case http.StatusGatewayTimeout:
+		return causeTimeout
+	}
+	if status >= 500 {
+		return causeError
+	}
+	return causeOther
+}
