@@ -21,6 +21,10 @@
 #   e. kill -9 of the device process mid-transfer ends the ssh client with an
 #      error within 10 s; the hub keeps serving another device; the restarted
 #      device is reachable again.
+#   f. ssh -o ProxyCommand='dsproxy service --stdio ...': a command, half-close,
+#      and a rejected stream's reason on ssh's stderr
+#   g. one service proxy with two --forward ports
+#   h. dsproxy hub show, streams, logs, and the hub's /metrics
 #
 # Usage: scripts/e2e-ssh.sh
 # Environment:
@@ -351,6 +355,37 @@ if [[ -n $FWD_OK ]]; then
 	check_a forward-2 "$p2"
 else
 	fail "g service proxy with two --forward ports did not start"
+fi
+
+# ---------------------------------------------------------------- h: watching the hub
+
+log "h: hub show, streams, logs and /metrics"
+if out=$("$BIN" hub show "${CLIENT[@]}" 2>>"$LOGS/devices-cli.log") && [[ $out == *'"streamingEndpoints"'* ]]; then
+	pass "h hub show prints the streaming endpoints"
+else
+	fail "h hub show printed $(printf %q "$out")"
+fi
+if out=$("$BIN" streams "${CLIENT[@]}" 2>>"$LOGS/devices-cli.log") && [[ $out == *DEVICE*STATE* ]]; then
+	pass "h streams prints its table"
+else
+	fail "h streams printed $(printf %q "$out")"
+fi
+if out=$("$BIN" logs --device e2e-dev --json "${CLIENT[@]}" 2>>"$LOGS/devices-cli.log") &&
+	[[ $out == *'"result": "ended"'* && $out == *'"result": "rejected"'* ]]; then
+	pass "h logs --device e2e-dev shows the ended and the rejected streams"
+else
+	fail "h logs printed $(printf %q "${out:0:300}")"
+fi
+if command -v curl >/dev/null; then
+	if out=$(curl -sf --max-time 5 --cacert "$CA" "https://127.0.0.1:$HUB_PORT/metrics") &&
+		grep -qE '^dsproxy_hub_streams_ended_total\{result="ended"\} [1-9]' <<<"$out" &&
+		grep -qE '^dsproxy_hub_connected_devices [1-9]' <<<"$out"; then
+		pass "h /metrics counts the connected device and the ended streams"
+	else
+		fail "h /metrics: $(grep -E 'dsproxy_hub_(streams_ended_total|connected_devices)' <<<"$out" | head -5)"
+	fi
+else
+	log "h: curl not found: /metrics not checked"
 fi
 
 # ---------------------------------------------------------------- d: dev
