@@ -20,8 +20,13 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time with
+// -ldflags "-X main.version=v1.2.3 -X main.commit=abc1234"; without them
+// commit comes from the build's VCS stamp when Go recorded one.
+var (
+	version = "dev"
+	commit  = ""
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -62,19 +67,19 @@ Quick start on one machine:
 }
 
 func versionString() string {
-	commit := "unknown"
+	rev, goVersion := commit, "unknown Go"
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				commit = s.Value
+		goVersion = bi.GoVersion
+		for _, st := range bi.Settings {
+			if st.Key == "vcs.revision" && rev == "" {
+				rev = st.Value
 			}
 		}
 	}
-	v := "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		v = bi.GoVersion
+	if rev == "" {
+		rev = "unknown"
 	}
-	return fmt.Sprintf("%s (commit %s, %s)", version, commit, v)
+	return fmt.Sprintf("%s (commit %s, %s)", version, rev, goVersion)
 }
 
 func logFlags() []cli.Flag {

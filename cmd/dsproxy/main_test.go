@@ -185,3 +185,13 @@ func TestServiceFlagErrors(t *testing.T) {
 		t.Errorf("bad --listen: %v", err)
 	}
 }
+
+func TestVersion(t *testing.T) {
+	out, _, err := run(t, "--version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "dsproxy version dev (commit ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("--version printed %q, want version, commit and Go version", out)
+	}
+}
