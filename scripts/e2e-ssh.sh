@@ -22,7 +22,8 @@
 #      error within 10 s; the hub keeps serving another device; the restarted
 #      device is reachable again.
 #   f. ssh -o ProxyCommand='dsproxy service --stdio ...': a command, half-close,
-#      and a rejected stream's reason on ssh's stderr
+#      a rejected stream's reason on ssh's stderr; ssh with the config blocks
+#      that dsproxy ssh-config writes
 #   g. one service proxy with two --forward ports
 #   h. dsproxy hub show, streams, logs, and the hub's /metrics
 #
@@ -332,6 +333,23 @@ if ((rc != 0)) && grep -q 'no target named "rdp"' "$LOGS/ssh-f-rdp.err"; then
 	pass "f [stdio] a rejected stream fails ssh with the device's reason on stderr: $(grep -m1 'dsproxy:' "$LOGS/ssh-f-rdp.err")"
 else
 	fail "f [stdio] rejected stream: ssh exited $rc, stderr: $(tail -n 3 "$LOGS/ssh-f-rdp.err")"
+fi
+
+log "f: ssh with the blocks from dsproxy ssh-config"
+rc=0
+"$BIN" ssh-config --connection-string-file "$OWNER_CS_FILE" --ca-file "$CA" --device-id e2e-dev \
+	--user "$USER_NAME" >"$WORK/ssh_config" 2>>"$LOGS/devices-cli.log" || rc=$?
+if ((rc != 0)) || grep -q SharedAccessKey "$WORK/ssh_config"; then
+	fail "f [ssh-config] dsproxy ssh-config exited $rc or wrote a key: $(head -c 300 "$WORK/ssh_config")"
+else
+	out=$(timeout "$CLIENT_TIMEOUT" ssh -F "$WORK/ssh_config" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+		-o BatchMode=yes -o LogLevel=ERROR -o IdentitiesOnly=yes -i "$WORK/client_ed25519" e2e-dev \
+		'echo hello-from-device; hostname' </dev/null 2>"$LOGS/ssh-f-config.err") || rc=$?
+	if ((rc == 0)) && [[ $out == "$EXPECTED_A" ]]; then
+		pass "f [ssh-config] ssh e2e-dev works with the generated ~/.ssh/config block"
+	else
+		fail "f [ssh-config] ssh e2e-dev $(exit_reason "$rc"), printed $(printf %q "$out"): $(tail -n 3 "$LOGS/ssh-f-config.err")"
+	fi
 fi
 
 # ---------------------------------------------------------------- g: --forward
