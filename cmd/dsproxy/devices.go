@@ -42,7 +42,7 @@ Examples:
 			{
 				Name:  "list",
 				Usage: "list registered devices",
-				Flags: append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+				Flags: append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON", EnvVars: []string{"DSPROXY_JSON"}}),
 				Action: registryAction(false, func(c *cli.Context, sc *hubclient.ServiceClient, _ string) error {
 					ds, err := sc.ListDevices(c.Context)
 					if err != nil {
@@ -63,7 +63,7 @@ Examples:
 				Name:      "show",
 				Usage:     "show one device, with its connection string",
 				ArgsUsage: "ID",
-				Flags:     append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+				Flags:     append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON", EnvVars: []string{"DSPROXY_JSON"}}),
 				Action: registryAction(true, func(c *cli.Context, sc *hubclient.ServiceClient, id string) error {
 					d, err := sc.GetDevice(c.Context, id)
 					if err != nil {

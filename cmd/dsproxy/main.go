@@ -53,7 +53,7 @@ Quick start on one machine:
 		Writer:               stdout,
 		ErrWriter:            stderr,
 		EnableBashCompletion: true,
-		Commands: []*cli.Command{
+		Commands: withConfig([]*cli.Command{
 			hubCommandWithShow(),
 			devicesCommand(),
 			deviceCommand(),
@@ -62,7 +62,7 @@ Quick start on one machine:
 			sshConfigCommand(),
 			streamsCommand(),
 			logsCommand(),
-		},
+		}),
 	}
 }
 

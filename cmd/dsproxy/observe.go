@@ -67,7 +67,7 @@ policy with RegistryRead (iothubowner, registryRead).
 Example:
    dsproxy streams
    dsproxy streams --json | jq '.[] | select(.deviceId == "pi-42")'`,
-		Flags: append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON (ages in seconds, bytes as numbers)"}),
+		Flags: append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON (ages in seconds, bytes as numbers)", EnvVars: []string{"DSPROXY_JSON"}}),
 		Action: registryAction(false, func(c *cli.Context, sc *hubclient.ServiceClient, _ string) error {
 			ss, err := sc.Streams(c.Context)
 			if err != nil {
@@ -107,10 +107,10 @@ Examples:
    dsproxy logs --device pi-42 --since 24h
    dsproxy logs --since 1h --limit 50 --json`,
 		Flags: append(clientFlags(),
-			&cli.StringFlag{Name: "device", Usage: "only events of device `ID`"},
-			&cli.DurationFlag{Name: "since", Usage: "only events that started within `DURATION` (e.g. 30m, 24h)"},
-			&cli.IntFlag{Name: "limit", Value: 100, Usage: "show at most `N` events"},
-			&cli.BoolFlag{Name: "json", Usage: "print JSON (durations in seconds, bytes as numbers)"},
+			&cli.StringFlag{Name: "device", Usage: "only events of device `ID`", EnvVars: []string{"DSPROXY_DEVICE"}},
+			&cli.DurationFlag{Name: "since", Usage: "only events that started within `DURATION` (e.g. 30m, 24h)", EnvVars: []string{"DSPROXY_SINCE"}},
+			&cli.IntFlag{Name: "limit", Value: 100, Usage: "show at most `N` events", EnvVars: []string{"DSPROXY_LIMIT"}},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON (durations in seconds, bytes as numbers)", EnvVars: []string{"DSPROXY_JSON"}},
 		),
 		Action: func(c *cli.Context) error {
 			if c.Args().Len() > 0 {

@@ -28,10 +28,10 @@ Examples:
      --device-id pi-42 --user pi >> ~/.ssh/config
    ssh pi-42`,
 		Flags: append(clientFlags(),
-			&cli.StringSliceFlag{Name: "device-id", Usage: "`ID` of a device to print a block for (repeatable); default: every registered device"},
-			&cli.StringFlag{Name: "user", Usage: "ssh `USER` on the devices"},
-			&cli.StringFlag{Name: "stream-name", Value: "ssh", Usage: "stream `NAME` the devices serve ssh under"},
-			&cli.StringFlag{Name: "host-prefix", Usage: "`PREFIX` for the Host names (\"dsp-\" gives \"Host dsp-pi-42\")"},
+			&cli.StringSliceFlag{Name: "device-id", Usage: "`ID` of a device to print a block for (repeatable); default: every registered device", EnvVars: []string{"DSPROXY_DEVICE_ID"}},
+			&cli.StringFlag{Name: "user", Usage: "ssh `USER` on the devices", EnvVars: []string{"DSPROXY_USER"}},
+			&cli.StringFlag{Name: "stream-name", Value: "ssh", Usage: "stream `NAME` the devices serve ssh under", EnvVars: []string{"DSPROXY_STREAM_NAME"}},
+			&cli.StringFlag{Name: "host-prefix", Usage: "`PREFIX` for the Host names (\"dsp-\" gives \"Host dsp-pi-42\")", EnvVars: []string{"DSPROXY_HOST_PREFIX"}},
 		),
 		Action: runSSHConfig,
 	}
