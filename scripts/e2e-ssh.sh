@@ -26,6 +26,7 @@
 #      that dsproxy ssh-config writes
 #   g. one service proxy with two --forward ports
 #   h. dsproxy hub show, streams, logs, and the hub's /metrics
+#   i. a command configured from a YAML file (--config), and precedence
 #
 # Usage: scripts/e2e-ssh.sh
 # Environment:
@@ -404,6 +405,33 @@ if command -v curl >/dev/null; then
 	fi
 else
 	log "h: curl not found: /metrics not checked"
+fi
+
+# ---------------------------------------------------------------- i: --config
+
+log "i: a command configured from a YAML file, and precedence"
+cat >"$WORK/devices.yaml" <<EOF
+connection-string-file: $OWNER_CS_FILE
+ca-file: $CA
+json: true
+EOF
+if out=$("$BIN" devices list --config "$WORK/devices.yaml" 2>>"$LOGS/devices-cli.log") && [[ $out == *'"deviceId": "e2e-dev"'* ]]; then
+	pass "i devices list --config FILE takes its credential and --json from the file"
+else
+	fail "i devices list --config printed $(printf %q "${out:0:300}")"
+fi
+if out=$(DSPROXY_JSON=false "$BIN" devices list --config "$WORK/devices.yaml" 2>>"$LOGS/devices-cli.log") && [[ $out == DEVICE* ]]; then
+	pass "i the environment (DSPROXY_JSON=false) beats the file"
+else
+	fail "i DSPROXY_JSON=false with --config printed $(printf %q "${out:0:300}")"
+fi
+printf 'listen: 1\n' >>"$WORK/devices.yaml"
+if out=$("$BIN" devices list --config "$WORK/devices.yaml" 2>&1 >/dev/null); then
+	fail "i an unknown key in the file was accepted"
+elif [[ $out == *listen* ]]; then
+	pass "i an unknown key in the file is an error naming it"
+else
+	fail "i unknown key: $(printf %q "$out")"
 fi
 
 # ---------------------------------------------------------------- d: dev
