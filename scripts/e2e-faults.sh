@@ -49,6 +49,8 @@ source "$ROOT/scripts/lib/e2e.sh"
 
 KEEPALIVE=1s
 KEEPALIVE_TIMEOUT=2s
+HUB_FLAGS=(--keepalive "$KEEPALIVE" --keepalive-timeout "$KEEPALIVE_TIMEOUT" --shutdown-grace 2s
+	--log-format json --log-level debug)
 WINDOW_MS=3000
 # Slack on top of the window for polling through the CLI (a process start
 # and a TLS request each time) and a loaded machine.
@@ -112,77 +114,9 @@ use_binary
 
 # ---------------------------------------------------------------- sshd
 
-USER_NAME=$(id -un)
-mkdir -p "$WORK/sshd"
-ssh-keygen -q -t ed25519 -N '' -C faults-host -f "$WORK/sshd/host_ed25519"
-ssh-keygen -q -t ed25519 -N '' -C faults-client -f "$WORK/client_ed25519"
-cp "$WORK/client_ed25519.pub" "$WORK/sshd/authorized_keys"
-chmod 600 "$WORK/sshd/authorized_keys"
-if ((EUID == 0)); then mkdir -p /run/sshd && chmod 755 /run/sshd; fi
-
-# sshd_config PORT: writes the private sshd's configuration.
-sshd_config() {
-	cat >"$WORK/sshd/config" <<EOF
-Port $1
-HostKey $WORK/sshd/host_ed25519
-AuthorizedKeysFile $WORK/sshd/authorized_keys
-PidFile none
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-X11Forwarding no
-PrintMotd no
-EOF
-}
-
-SSHD_PORT=
-for attempt in 1 2 3 4 5; do
-	port=$(free_port)
-	sshd_config "$port"
-	start "sshd-$attempt" "$SSHD" -D -e -f "$WORK/sshd/config" -o ListenAddress=127.0.0.1
-	if wait_for "sshd on port $port" 10 "sshd-$attempt" port_open "$port"; then
-		SSHD_PORT=$port
-		break
-	fi
-	bind_failed "sshd-$attempt" || die "sshd did not start"
-done
-[[ -n $SSHD_PORT ]] || die "sshd: no free port after 5 attempts"
-
-SSH_OPTS=(-F none -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-	-o BatchMode=yes -o LogLevel=ERROR -o IdentitiesOnly=yes -o ConnectTimeout=15
-	-i "$WORK/client_ed25519")
+start_private_sshd
 
 # ---------------------------------------------------------------- hub, device, service
-
-# start_hub NAME DIR HOST: runs a hub on HOST:<free port> with short
-# keepalives; sets HUB_PORT.
-start_hub() {
-	local name=$1 dir=$2 host=$3 attempt port
-	HUB_PORT=
-	for attempt in 1 2 3 4 5; do
-		port=$(free_port)
-		start "$name" "$BIN" hub --listen "$host:$port" --hostname "$host" --data-dir "$dir" \
-			--keepalive "$KEEPALIVE" --keepalive-timeout "$KEEPALIVE_TIMEOUT" --shutdown-grace 2s \
-			--log-format json --log-level debug
-		if wait_for "hub $name on $host:$port" 20 "$name" hub_ready "$dir" "$host" "$port"; then
-			HUB_PORT=$port
-			return 0
-		fi
-		bind_failed "$name" || return 1
-	done
-	return 1
-}
-hub_ready() {
-	[[ -s $1/iothubowner.connection-string && -s $1/tls/ca.pem ]] || return 1
-	if command -v curl >/dev/null; then
-		curl -sf --max-time 2 --cacert "$1/tls/ca.pem" "https://$2:$3/healthz" >/dev/null
-	else
-		port_open "$3" "$2"
-	fi
-}
 
 # add_device ID CLIENT-ARGS...: registers ID, prints its connection string.
 add_device() {
@@ -230,7 +164,8 @@ ssh_ok() {
 }
 
 HUB_DIR=$WORK/hub
-start_hub dsproxy-hub "$HUB_DIR" 127.0.0.1 || die "hub did not start"
+start_hub dsproxy-hub "$HUB_DIR" 127.0.0.1 "${HUB_FLAGS[@]}" || die "hub did not start"
+MAIN_HUB=$HUB_NAME
 CLIENT=(--connection-string "$(cat "$HUB_DIR/iothubowner.connection-string")" --ca-file "$HUB_DIR/tls/ca.pem")
 DEV_CS=$(add_device faults-a "${CLIENT[@]}") || die "devices add faults-a: $(tail -n 3 "$LOGS/devices-cli.log")"
 device_is() { [[ $(device_state "$1" "${CLIENT[@]}") == "$2" ]]; }
@@ -393,7 +328,7 @@ run_netns_check() {
 	}
 
 	dir=$WORK/hub-b
-	start_hub dsproxy-hub-b "$dir" "$host_ip" || {
+	start_hub dsproxy-hub-b "$dir" "$host_ip" "${HUB_FLAGS[@]}" || {
 		fail "b: the hub on $host_ip did not start"
 		return
 	}
@@ -500,8 +435,8 @@ sigterm() {
 
 log "c: SIGTERM on the hub (with an ssh session running through it), then the device agent, then the service proxy"
 # The session outlives the hub's 2 s shutdown grace period, which ends it.
-paired() { (($(log_count dsproxy-hub '"paired":true') > $1)); }
-before=$(log_count dsproxy-hub '"paired":true')
+paired() { (($(log_count "$MAIN_HUB" '"paired":true') > $1)); }
+before=$(log_count "$MAIN_HUB" '"paired":true')
 ssh "${SSH_OPTS[@]}" -p "$SVC_A" "$USER_NAME@127.0.0.1" 'sleep 30' </dev/null >/dev/null 2>"$LOGS/ssh-c.err" &
 SSH_C=$!
 PROC_NAMES+=(ssh-c)
@@ -509,7 +444,7 @@ PROC_PIDS+=("$SSH_C")
 session_up=1
 wait_for "ssh session through the hub" 15 "" paired "$before" || session_up=0
 t_term=$(now_ns)
-sigterm dsproxy-hub
+sigterm "$MAIN_HUB"
 deadline=$((t_term + 5000000000))
 while alive "$SSH_C" && (($(now_ns) < deadline)); do sleep 0.02; done
 if ((!session_up)); then

@@ -70,51 +70,7 @@ use_binary
 
 # ---------------------------------------------------------------- sshd
 
-USER_NAME=$(id -un)
-mkdir -p "$WORK/sshd"
-ssh-keygen -q -t ed25519 -N '' -C e2e-host -f "$WORK/sshd/host_ed25519"
-ssh-keygen -q -t ed25519 -N '' -C e2e-client -f "$WORK/client_ed25519"
-cp "$WORK/client_ed25519.pub" "$WORK/sshd/authorized_keys"
-chmod 600 "$WORK/sshd/authorized_keys"
-# sshd's privilege separation directory (root only; Debian keeps it in /run).
-if ((EUID == 0)); then mkdir -p /run/sshd && chmod 755 /run/sshd; fi
-
-start_sshd() {
-	local port=$1 name=$2
-	cat >"$WORK/sshd/config" <<EOF
-Port $port
-HostKey $WORK/sshd/host_ed25519
-AuthorizedKeysFile $WORK/sshd/authorized_keys
-PidFile none
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-X11Forwarding no
-PrintMotd no
-Subsystem sftp internal-sftp
-EOF
-	start "$name" "$SSHD" -D -e -f "$WORK/sshd/config" -o ListenAddress=127.0.0.1
-	wait_for "sshd on port $port" 10 "$name" port_open "$port"
-}
-
-SSHD_PORT=
-for attempt in 1 2 3 4 5; do
-	port=$(free_port)
-	if start_sshd "$port" "sshd-$attempt"; then
-		SSHD_PORT=$port
-		break
-	fi
-	bind_failed "sshd-$attempt" || die "sshd did not start"
-	log "sshd: port $port was taken, retrying"
-done
-[[ -n $SSHD_PORT ]] || die "sshd: no free port after 5 attempts"
-
-SSH_OPTS=(-F none -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-	-o BatchMode=yes -o LogLevel=ERROR -o IdentitiesOnly=yes -o ConnectTimeout=15
-	-i "$WORK/client_ed25519")
+start_private_sshd
 # Sanity check: sshd itself, without dsproxy, so that a failure below is
 # dsproxy's.
 if ! out=$(ssh "${SSH_OPTS[@]}" -p "$SSHD_PORT" "$USER_NAME@127.0.0.1" 'echo direct-ok' </dev/null 2>"$LOGS/ssh-direct.log") ||
@@ -127,28 +83,7 @@ log "private sshd on 127.0.0.1:$SSHD_PORT works"
 
 HUB_DIR=$WORK/hub
 CA=$HUB_DIR/tls/ca.pem
-hub_ready() {
-	[[ -s $HUB_DIR/iothubowner.connection-string && -s $CA ]] || return 1
-	if command -v curl >/dev/null; then
-		curl -sf --max-time 2 --cacert "$CA" "https://127.0.0.1:$1/healthz" >/dev/null
-	else
-		port_open "$1"
-	fi
-}
-HUB_PORT=
-for attempt in 1 2 3 4 5; do
-	port=$(free_port)
-	start "dsproxy-hub-$attempt" "$BIN" hub --listen "127.0.0.1:$port" --hostname 127.0.0.1 \
-		--data-dir "$HUB_DIR" --log-format json --log-level debug
-	if wait_for "hub on port $port" 20 "dsproxy-hub-$attempt" hub_ready "$port"; then
-		HUB_PORT=$port
-		HUB_NAME=dsproxy-hub-$attempt
-		break
-	fi
-	bind_failed "dsproxy-hub-$attempt" || die "dsproxy hub did not start"
-	log "hub: port $port was taken, retrying"
-done
-[[ -n $HUB_PORT ]] || die "hub: no free port after 5 attempts"
+start_hub dsproxy-hub "$HUB_DIR" 127.0.0.1 --log-format json --log-level debug || die "dsproxy hub did not start"
 OWNER_CS=$(cat "$HUB_DIR/iothubowner.connection-string")
 if grep -qF "$OWNER_CS" "$LOGS/$HUB_NAME.out"; then
 	pass "hub printed the owner connection string on first start"

@@ -184,3 +184,84 @@ finish() {
 	if ((rc == 0)); then echo "$script: OK"; else echo "$script: FAILED"; fi
 	exit "$rc"
 }
+
+# start_private_sshd: a private sshd on a free 127.0.0.1 port, with its own
+# host key and one authorized client key (WORK/client_ed25519), for the
+# user running the script. Sets SSHD (the binary), SSHD_PORT, SSHD_NAME,
+# USER_NAME and SSH_OPTS (ssh options that use the client key and trust
+# any host key). Retries when the port was taken; dies when sshd fails.
+start_private_sshd() {
+	local attempt port
+	SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+	USER_NAME=$(id -un)
+	mkdir -p "$WORK/sshd"
+	ssh-keygen -q -t ed25519 -N '' -C "$E2E_NAME-host" -f "$WORK/sshd/host_ed25519"
+	ssh-keygen -q -t ed25519 -N '' -C "$E2E_NAME-client" -f "$WORK/client_ed25519"
+	cp "$WORK/client_ed25519.pub" "$WORK/sshd/authorized_keys"
+	chmod 600 "$WORK/sshd/authorized_keys"
+	# sshd's privilege separation directory (root only; Debian keeps it in /run).
+	if ((EUID == 0)); then mkdir -p /run/sshd && chmod 755 /run/sshd; fi
+	SSHD_PORT= SSHD_NAME=
+	for attempt in 1 2 3 4 5; do
+		port=$(free_port)
+		cat >"$WORK/sshd/config" <<EOF
+Port $port
+HostKey $WORK/sshd/host_ed25519
+AuthorizedKeysFile $WORK/sshd/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AllowTcpForwarding yes
+X11Forwarding no
+PrintMotd no
+Subsystem sftp internal-sftp
+EOF
+		start "sshd-$attempt" "$SSHD" -D -e -f "$WORK/sshd/config" -o ListenAddress=127.0.0.1
+		if wait_for "sshd on port $port" 10 "sshd-$attempt" port_open "$port"; then
+			SSHD_PORT=$port SSHD_NAME=sshd-$attempt
+			break
+		fi
+		bind_failed "sshd-$attempt" || die "sshd did not start"
+		log "sshd: port $port was taken, retrying"
+	done
+	[[ -n $SSHD_PORT ]] || die "sshd: no free port after 5 attempts"
+	SSH_OPTS=(-F none -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+		-o BatchMode=yes -o LogLevel=ERROR -o IdentitiesOnly=yes -o ConnectTimeout=15
+		-i "$WORK/client_ed25519")
+}
+
+# hub_ready DIR HOST PORT: the hub with data in DIR answers on HOST:PORT
+# (/healthz with curl, a TCP connect without).
+hub_ready() {
+	[[ -s $1/iothubowner.connection-string && -s $1/tls/ca.pem ]] || return 1
+	if command -v curl >/dev/null; then
+		curl -sf --max-time 2 --cacert "$1/tls/ca.pem" "https://$2:$3/healthz" >/dev/null
+	else
+		port_open "$3" "$2"
+	fi
+}
+
+# start_hub NAME DIR HOST [FLAGS...]: runs dsproxy hub on HOST:<free port>
+# with data in DIR and FLAGS, and waits until it answers. Sets HUB_PORT and
+# HUB_NAME (NAME, or NAME-N after N-1 taken ports).
+start_hub() {
+	local name=$1 dir=$2 host=$3 attempt port try
+	shift 3
+	HUB_PORT= HUB_NAME=
+	for attempt in 1 2 3 4 5; do
+		port=$(free_port)
+		try=$name
+		((attempt == 1)) || try=$name-$attempt
+		start "$try" "$BIN" hub --listen "$host:$port" --hostname "$host" --data-dir "$dir" "$@"
+		if wait_for "hub $try on $host:$port" 20 "$try" hub_ready "$dir" "$host" "$port"; then
+			HUB_PORT=$port HUB_NAME=$try
+			return 0
+		fi
+		bind_failed "$try" || return 1
+	done
+	return 1
+}
