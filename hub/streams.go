@@ -35,17 +35,11 @@ func (sd side) String() string {
 }
 
 // Close codes the hub sends on the streaming endpoint besides the
-// standard ones it relays. 4000–4999 are for applications (RFC 6455 7.4.2).
+// standard ones it relays (see internal/wire).
 const (
-	// CloseHandshakeTimeout ends a side whose peer did not connect before
-	// the handshake deadline.
-	CloseHandshakeTimeout websocket.StatusCode = 4008
-	// ClosePeerLost ends a side whose peer's connection failed without a
-	// close frame (crash, reset, network loss).
-	ClosePeerLost websocket.StatusCode = 4001
-	// CloseIdleTimeout ends both sides of a stream that carried no message
-	// for Config.IdleStreamTimeout.
-	CloseIdleTimeout websocket.StatusCode = 4009
+	CloseHandshakeTimeout websocket.StatusCode = wire.CloseHandshakeTimeout
+	ClosePeerLost         websocket.StatusCode = wire.ClosePeerLost
+	CloseIdleTimeout      websocket.StatusCode = wire.CloseIdleTimeout
 )
 
 // stream is one initiated stream, from initiation until both sides are gone.

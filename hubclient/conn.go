@@ -10,18 +10,19 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
 // MaxWriteMessage is the largest WebSocket message a [Conn] sends; larger
 // writes are split. Azure's streaming endpoint accepts 64 KiB.
 const MaxWriteMessage = 64 << 10
 
-// Close codes that end a stream on purpose (from the hub); see the hub
-// package.
+// Close codes that end a stream on purpose (from the hub).
 const (
-	closePeerLost         websocket.StatusCode = 4001
-	closeHandshakeTimeout websocket.StatusCode = 4008
-	closeIdleTimeout      websocket.StatusCode = 4009
+	closePeerLost         websocket.StatusCode = wire.ClosePeerLost
+	closeHandshakeTimeout websocket.StatusCode = wire.CloseHandshakeTimeout
+	closeIdleTimeout      websocket.StatusCode = wire.CloseIdleTimeout
 )
 
 // ErrStreamClosed reports a use of a [Conn] after Close, or a write after

@@ -56,6 +56,21 @@ const (
 	NotAccepted = "False"
 )
 
+// Close codes the hub sends on the streaming endpoint besides the standard
+// ones it relays; 4000–4999 are for applications (RFC 6455 7.4.2). Clients
+// turn them into errors that say why the stream ended.
+const (
+	// ClosePeerLost ends a side whose peer's connection failed without a
+	// close frame (crash, reset, network loss), or that aborted.
+	ClosePeerLost = 4001
+	// CloseHandshakeTimeout ends a side whose peer did not connect before
+	// the handshake deadline.
+	CloseHandshakeTimeout = 4008
+	// CloseIdleTimeout ends both sides of a stream that carried no message
+	// for the hub's idle timeout.
+	CloseIdleTimeout = 4009
+)
+
 // MaxMessageSize bounds one control message.
 const MaxMessageSize = 16 << 10
 
