@@ -264,10 +264,19 @@ var errNoPong = errors.New("no answer to ping")
 
 // activity is what a relay's pumps tell its liveness check.
 type activity struct {
-	busy  atomic.Int32    // relay writes in progress
-	moved atomic.Int64    // messages and chunks relayed so far
-	sent  [2]atomic.Int64 // chunks written to each side so far
+	busy atomic.Int32    // relay writes in progress
+	sent [2]atomic.Int64 // messages begun and chunks written to each side so far
+	idle *idleWatch      // nil when the idle timeout is off
 }
+
+// moved records a message begun or a chunk written towards side to.
+func (a *activity) moved(to side) {
+	a.sent[to].Add(1)
+	a.idle.touch()
+}
+
+// total is how much the relay has moved either way so far.
+func (a *activity) total() int64 { return a.sent[0].Load() + a.sent[1].Load() }
 
 // watch checks the two sides of a relayed stream are alive until ctx ends:
 // every KeepAliveInterval it pings both, and when a side does not answer
@@ -301,8 +310,8 @@ func (s *Server) watch(ctx context.Context, conns [2]*websocket.Conn, act *activ
 			continue
 		}
 		var errs [2]error
-		moved := act.moved.Load()
 		sentBefore := [2]int64{act.sent[0].Load(), act.sent[1].Load()}
+		moved := sentBefore[0] + sentBefore[1]
 		pctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectionWriteTimeout)
 		var wg sync.WaitGroup
 		for sd, c := range conns {
@@ -325,7 +334,7 @@ func (s *Server) watch(ctx context.Context, conns [2]*websocket.Conn, act *activ
 			// Only a timeout means silence; other errors come from a
 			// connection that is closing, which its pump reports.
 			if !errors.Is(err, context.DeadlineExceeded) ||
-				act.busy.Load() > 0 || act.moved.Load() != moved ||
+				act.busy.Load() > 0 || act.total() != moved ||
 				sentBefore[sd] != proven[sd] {
 				continue
 			}

@@ -45,18 +45,18 @@ func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason str
 	idle := s.watchIdle()
 	defer idle.stop()
 	ends := make(chan end, 3)
-	var act activity // what the liveness check learns from the pumps
+	act := activity{idle: idle} // what the liveness and idle checks learn from the pumps
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		ends <- pump(ctx, svc, dev, sideService, &st.bytesUp, idle, &act)
+		ends <- pump(ctx, svc, dev, sideService, &st.bytesUp, &act)
 	}()
 	go func() {
 		defer wg.Done()
-		ends <- pump(ctx, dev, svc, sideDevice, &st.bytesDown, idle, &act)
+		ends <- pump(ctx, dev, svc, sideDevice, &st.bytesDown, &act)
 	}()
 	go func() {
 		defer wg.Done()
@@ -100,29 +100,29 @@ func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason str
 }
 
 // pump copies messages from src to dst until either fails. It reports
-// which side ended. It touches idle for every message and chunk it moves,
-// and reports its reads and writes to act.
-func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.Int64, idle *idleWatch, act *activity) end {
+// which side ended, and tells act of every message and chunk it moves and
+// of every write in progress.
+func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.Int64, act *activity) end {
+	to := 1 - from
 	buf := make([]byte, relayBufSize)
 	for {
 		typ, r, err := src.Reader(ctx)
 		if err != nil {
 			return end{from: from, err: err}
 		}
-		idle.touch()
-		act.moved.Add(1)
+		act.moved(to)
 		act.busy.Add(1)
 		w, err := dst.Writer(ctx, typ)
 		act.busy.Add(-1)
 		if err != nil {
-			return end{from: 1 - from, err: err}
+			return end{from: to, err: err}
 		}
-		tw := trackedWriter{w: w, idle: idle, act: act, sent: &act.sent[1-from]}
+		tw := trackedWriter{w: w, act: act, to: to}
 		c, err := io.CopyBuffer(&tw, r, buf)
 		n.Add(c)
 		if err != nil {
 			if tw.err != nil {
-				return end{from: 1 - from, err: tw.err}
+				return end{from: to, err: tw.err}
 			}
 			// src died mid-message: leave the message unfinished, so
 			// dst cannot take the truncated part for a whole one; the
@@ -133,28 +133,25 @@ func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.In
 		err = w.Close()
 		act.busy.Add(-1)
 		if err != nil {
-			return end{from: 1 - from, err: err}
+			return end{from: to, err: err}
 		}
 	}
 }
 
 // trackedWriter remembers a write error so pump can tell which side
-// failed.
+// failed, and tells act of each chunk written to side to.
 type trackedWriter struct {
-	w    io.Writer
-	err  error
-	idle *idleWatch
-	act  *activity
-	sent *atomic.Int64 // chunks written to the destination side
+	w   io.Writer
+	err error
+	act *activity
+	to  side
 }
 
 func (t *trackedWriter) Write(p []byte) (int, error) {
 	t.act.busy.Add(1)
 	n, err := t.w.Write(p)
 	t.act.busy.Add(-1)
-	t.act.moved.Add(1)
-	t.sent.Add(1)
-	t.idle.touch()
+	t.act.moved(t.to)
 	if err != nil {
 		t.err = err
 	}
