@@ -181,29 +181,10 @@ SVC_A=$SVC_PORT
 log "a: SIGSTOP of the device agent in the middle of an ssh transfer"
 ssh_ok "$SVC_A" "a before"
 A=$WORK/a
-mkdir -p "$A"
-(
-	ssh "${SSH_OPTS[@]}" -p "$SVC_A" "$USER_NAME@127.0.0.1" 'cat /dev/zero' \
-		</dev/null >/dev/null 2>"$LOGS/ssh-a-transfer.err" &
-	echo "$!" >"$A/pid"
-	rc=0
-	wait "$!" || rc=$?
-	date +%s%N >"$A/end"
-	echo "$rc" >"$A/rc"
-) &
-PROC_NAMES+=(ssh-a-wrapper)
-PROC_PIDS+=("$!")
-wait_for "ssh client started" 10 "" test -s "$A/pid" || die "a: could not start the ssh client"
-SSH_A_PID=$(cat "$A/pid")
-PROC_NAMES+=(ssh-a)
-PROC_PIDS+=("$SSH_A_PID")
-read_bytes() { awk '/^rchar:/ {print $2}' "/proc/$SSH_A_PID/io" 2>/dev/null; }
-bytes_at_least() {
-	local n
-	n=$(read_bytes) && [[ -n $n ]] && ((n >= $1))
-}
-if ! wait_for "transfer through the device" 20 "" bytes_at_least $((4 << 20)); then
-	fail "a: no transfer through the device (ssh 'cat /dev/zero'): $(tail -n 3 "$LOGS/ssh-a-transfer.err")"
+start_transfer ssh-a "$SVC_A" "$A"
+SSH_A_PID=$TRANSFER_PID
+if ! wait_for "transfer through the device" 20 "" transfer_at_least $((4 << 20)); then
+	fail "a: no transfer through the device (ssh 'cat /dev/zero'): $(tail -n 3 "$LOGS/ssh-a.err")"
 else
 	kill -STOP "${PROC_PID[dsproxy-device]}"
 	t0=$(now_ns)
@@ -230,7 +211,7 @@ else
 		if ((rc == 0)); then
 			fail "a: the ssh transfer exited 0 after the device stopped: want an error"
 		elif ((end_ms <= WINDOW_MS + SLACK_MS)); then
-			msg=$(head -n 1 "$LOGS/ssh-a-transfer.err")
+			msg=$(head -n 1 "$LOGS/ssh-a.err")
 			pass "a: the ssh transfer ended (exit $rc${msg:+: $msg}) $(secs "$end_ms")s after SIGSTOP"
 		else
 			fail "a: the ssh transfer ended only $(secs "$end_ms")s after SIGSTOP, want within $(secs $WINDOW_MS)s (+$(secs $SLACK_MS)s slack)"

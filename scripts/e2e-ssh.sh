@@ -399,44 +399,19 @@ fi
 
 log "e: kill -9 of the device process in the middle of a transfer"
 E=$WORK/e
-mkdir -p "$E"
-# The subshell records ssh's pid, exit status and end time.
-(
-	ssh "${SSH_OPTS[@]}" -p "$SVC1_PORT" "$USER_NAME@127.0.0.1" 'cat /dev/zero' \
-		</dev/null >/dev/null 2>"$LOGS/ssh-e.err" &
-	echo "$!" >"$E/pid"
-	rc=0
-	wait "$!" || rc=$?
-	date +%s%N >"$E/end"
-	echo "$rc" >"$E/rc"
-) &
-E_WRAPPER=$!
-PROC_NAMES+=(ssh-e-wrapper)
-PROC_PIDS+=("$E_WRAPPER")
-wait_for "ssh client started" 10 "" test -s "$E/pid" || die "e could not start the ssh client"
-SSH_E_PID=$(cat "$E/pid")
-PROC_NAMES+=(ssh-e)
-PROC_PIDS+=("$SSH_E_PID")
-
-# ssh_read_bytes: bytes the ssh client has read (from the proxy, mostly).
-ssh_read_bytes() {
-	awk '/^rchar:/ {print $2}' "/proc/$SSH_E_PID/io" 2>/dev/null
-}
-bytes_at_least() {
-	local n
-	n=$(ssh_read_bytes) && [[ -n $n ]] && ((n >= $1))
-}
+start_transfer ssh-e "$SVC1_PORT" "$E"
+SSH_E_PID=$TRANSFER_PID E_WRAPPER=$TRANSFER_WRAPPER
 
 if ! [[ -r /proc/$SSH_E_PID/io ]]; then
 	fail "e cannot read /proc/$SSH_E_PID/io to watch the transfer (not Linux, or /proc is restricted)"
-elif ! wait_for "transfer through the service proxy" 20 "" bytes_at_least $((4 << 20)); then
+elif ! wait_for "transfer through the service proxy" 20 "" transfer_at_least $((4 << 20)); then
 	fail "e no bytes flowed through the service proxy (ssh 'cat /dev/zero'): $(tail -n 3 "$LOGS/ssh-e.err")"
 else
-	b0=$(ssh_read_bytes)
+	b0=$(transfer_bytes)
 	t0=$(now_ns)
 	# Let it run for about a second, watching it.
 	while (($(now_ns) - t0 < 1000000000)) && [[ ! -e $E/rc ]]; do sleep 0.05; done
-	b1=$(ssh_read_bytes || echo 0)
+	b1=$(transfer_bytes || echo 0)
 	if [[ -e $E/rc ]]; then
 		fail "e the transfer ended by itself before the kill (exit $(cat "$E/rc")): $(tail -n 3 "$LOGS/ssh-e.err")"
 	elif ((b1 <= b0)); then

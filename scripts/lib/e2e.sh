@@ -265,3 +265,37 @@ start_hub() {
 	done
 	return 1
 }
+
+# start_transfer NAME PORT DIR: runs `ssh ... 'cat /dev/zero'` through the
+# proxy on PORT in the background; when ssh ends, DIR/end holds the time
+# (ns) and DIR/rc its exit status. Sets TRANSFER_PID (ssh) and
+# TRANSFER_WRAPPER (the subshell that records); both are stopped by stop_all.
+start_transfer() {
+	local name=$1 port=$2 dir=$3
+	mkdir -p "$dir"
+	(
+		ssh "${SSH_OPTS[@]}" -p "$port" "$USER_NAME@127.0.0.1" 'cat /dev/zero' \
+			</dev/null >/dev/null 2>"$LOGS/$name.err" &
+		echo "$!" >"$dir/pid"
+		rc=0
+		wait "$!" || rc=$?
+		date +%s%N >"$dir/end"
+		echo "$rc" >"$dir/rc"
+	) &
+	TRANSFER_WRAPPER=$!
+	PROC_NAMES+=("$name-wrapper")
+	PROC_PIDS+=("$TRANSFER_WRAPPER")
+	wait_for "ssh client started" 10 "" test -s "$dir/pid" || die "$name: could not start the ssh client"
+	TRANSFER_PID=$(cat "$dir/pid")
+	PROC_NAMES+=("$name")
+	PROC_PIDS+=("$TRANSFER_PID")
+}
+
+# transfer_bytes: bytes the transfer's ssh client has read so far.
+transfer_bytes() { awk '/^rchar:/ {print $2}' "/proc/$TRANSFER_PID/io" 2>/dev/null; }
+
+# transfer_at_least N: whether the transfer has read N bytes.
+transfer_at_least() {
+	local n
+	n=$(transfer_bytes) && [[ -n $n ]] && ((n >= $1))
+}
