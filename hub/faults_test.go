@@ -758,24 +758,7 @@ func TestSilentStreamSide(t *testing.T) {
 // many keepalive windows). When it reads again, everything arrives.
 func TestBackpressureIsNotSilence(t *testing.T) {
 	const keepAlive, timeout = 100 * time.Millisecond, 200 * time.Millisecond
-	w := dsproxytest.NewHub(t, func(c *hub.Config) { c.KeepAliveInterval, c.ConnectionWriteTimeout = keepAlive, timeout })
-	key := addDevice(t, w, "dev1")
-	d := connectRawDevice(t, w, "dev1", deviceToken(t, w, "dev1", key))
-	s := openRaw(t, w, d, "dev1", "ssh")
-	svc := dialStream(t, w, s.url, s.serviceToken)
-	dev := dialStream(t, w, s.deviceURL, s.deviceToken)
-	// The service reads all along, as a live peer does.
-	svcGot := make(chan []byte, 1)
-	go func() {
-		defer close(svcGot)
-		for {
-			_, b, err := svc.Read(context.Background())
-			if err != nil {
-				return
-			}
-			svcGot <- b
-		}
-	}()
+	svc, dev, svcGot := readingServiceStream(t, keepAlive, timeout)
 
 	// The service writes until its writes block for a while: the device
 	// reads nothing.
@@ -824,15 +807,7 @@ func TestBackpressureIsNotSilence(t *testing.T) {
 		t.Fatalf("device read %d messages, the service sent %d", got, sent.Load())
 	}
 	t.Logf("%d messages (%d MiB) held back, then delivered", got, got*int64(len(msg))>>20)
-	writeMessage(t, dev, []byte("still here"))
-	select {
-	case b, ok := <-svcGot:
-		if !ok || string(b) != "still here" {
-			t.Fatalf("service read %q (stream open: %v), want still here", b, ok)
-		}
-	case <-time.After(dsproxytest.WaitTimeout):
-		t.Fatal("the service read nothing")
-	}
+	expectStillHere(t, dev, svcGot, "the stream was taken for dead")
 }
 
 // TestStreamEvents: each way a stream ends is recorded as a stream event
@@ -911,24 +886,7 @@ func TestStreamEvents(t *testing.T) {
 // peer: the stream stays up and the data arrives when it reads again.
 func TestPausedReaderIsNotSilence(t *testing.T) {
 	const keepAlive, timeout = 100 * time.Millisecond, 200 * time.Millisecond
-	w := dsproxytest.NewHub(t, func(c *hub.Config) { c.KeepAliveInterval, c.ConnectionWriteTimeout = keepAlive, timeout })
-	key := addDevice(t, w, "dev1")
-	d := connectRawDevice(t, w, "dev1", deviceToken(t, w, "dev1", key))
-	s := openRaw(t, w, d, "dev1", "ssh")
-	svc := dialStream(t, w, s.url, s.serviceToken)
-	dev := dialStream(t, w, s.deviceURL, s.deviceToken)
-	// The service answers pings all along, as a live peer does.
-	svcGot := make(chan []byte, 1)
-	go func() {
-		defer close(svcGot)
-		for {
-			_, b, err := svc.Read(context.Background())
-			if err != nil {
-				return
-			}
-			svcGot <- b
-		}
-	}()
+	svc, dev, svcGot := readingServiceStream(t, keepAlive, timeout)
 
 	msg := []byte("the whole answer")
 	if err := svc.Write(context.Background(), websocket.MessageBinary, msg); err != nil {
@@ -939,13 +897,47 @@ func TestPausedReaderIsNotSilence(t *testing.T) {
 	if _, b := readMessage(t, dev); string(b) != string(msg) {
 		t.Fatalf("device read %q, want %q", b, msg)
 	}
+	expectStillHere(t, dev, svcGot, "the paused reader was taken for dead")
+}
+
+// readingServiceStream pairs a raw service side and a raw device side of a
+// stream through a hub with the given keepalive settings. The service side
+// reads (and so answers pings) all along, as a live peer does; what it
+// reads arrives on the returned channel, which is closed when the stream
+// ends. The device side reads only when the test does.
+func readingServiceStream(t *testing.T, keepAlive, timeout time.Duration) (svc, dev *wsConn, svcGot <-chan []byte) {
+	t.Helper()
+	w := dsproxytest.NewHub(t, func(c *hub.Config) { c.KeepAliveInterval, c.ConnectionWriteTimeout = keepAlive, timeout })
+	key := addDevice(t, w, "dev1")
+	d := connectRawDevice(t, w, "dev1", deviceToken(t, w, "dev1", key))
+	s := openRaw(t, w, d, "dev1", "ssh")
+	svc = dialStream(t, w, s.url, s.serviceToken)
+	dev = dialStream(t, w, s.deviceURL, s.deviceToken)
+	got := make(chan []byte, 1)
+	go func() {
+		defer close(got)
+		for {
+			_, b, err := svc.Read(context.Background())
+			if err != nil {
+				return
+			}
+			got <- b
+		}
+	}()
+	return svc, dev, got
+}
+
+// expectStillHere checks the stream still carries a message from the
+// device side to the service side; else fails with why.
+func expectStillHere(t *testing.T, dev *wsConn, svcGot <-chan []byte, why string) {
+	t.Helper()
 	writeMessage(t, dev, []byte("still here"))
 	select {
 	case b, ok := <-svcGot:
 		if !ok || string(b) != "still here" {
-			t.Fatalf("service got %q (open %v), want the device's answer: the paused reader was taken for dead", b, ok)
+			t.Fatalf("service got %q (stream open: %v), want still here: %s", b, ok, why)
 		}
 	case <-time.After(dsproxytest.WaitTimeout):
-		t.Fatal("the device's answer did not arrive")
+		t.Fatalf("the device's message did not arrive: %s", why)
 	}
 }

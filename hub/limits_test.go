@@ -424,28 +424,6 @@ func TestStreamRate(t *testing.T) {
 	}
 }
 
-// waitEvent polls the stream event log for the event of stream id.
-func waitEvent(t *testing.T, w *dsproxytest.Hub, deviceID, streamID string) registry.StreamEvent {
-	t.Helper()
-	var found registry.StreamEvent
-	dsproxytest.Eventually(t, "the stream event of "+streamID, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
-		defer cancel()
-		es, err := w.Server.Registry().StreamEvents(ctx, registry.EventFilter{DeviceID: deviceID})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range es {
-			if e.StreamID == streamID {
-				found = e
-				return true
-			}
-		}
-		return false
-	})
-	return found
-}
-
 // TestIdleStreamTimeout: with IdleStreamTimeout 1 s, a stream that carries
 // messages in one direction only, or one message trickling in, stays up;
 // once both directions are quiet, the hub closes both sides with
@@ -489,7 +467,7 @@ func TestIdleStreamTimeout(t *testing.T) {
 		if d := time.Since(last); d < idle-50*time.Millisecond {
 			t.Errorf("closed %s after the last message, before the idle timeout of %s", d, idle)
 		}
-		e := waitEvent(t, w, "dev1", s.id)
+		e := streamEvent(t, w.Server.Registry(), s.id)
 		if e.Result != "idle" || !strings.Contains(e.Reason, "idle timeout") || e.BytesDown != 20 {
 			t.Errorf("stream event %+v; want result idle, an idle timeout reason and 20 bytes down", e)
 		}

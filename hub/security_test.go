@@ -190,18 +190,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		sctx, stop := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- svc.Serve(sctx, ln) }()
-		t.Cleanup(func() {
-			stop()
-			<-done
-		})
-		return ln.Addr().String()
+		return dsproxytest.ServeProxy(t, svc)
 	}
 	echoAddr, nopeAddr := serve("echo"), serve("nope")
 	for i := range 3 {

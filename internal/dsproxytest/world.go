@@ -235,6 +235,13 @@ func (h *Hub) StartServiceWith(t testing.TB, o tunnel.Opener, deviceID, name str
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ServeProxy(t, svc)
+}
+
+// ServeProxy runs svc on a new 127.0.0.1:0 listener and returns its
+// address; it stops at cleanup.
+func ServeProxy(t testing.TB, svc *tunnel.Service) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
