@@ -13,30 +13,13 @@ import (
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
-// DeviceJSON is a device as the registry REST API shows it, shaped like
-// Azure IoT Hub's device identity.
-type DeviceJSON struct {
-	DeviceID        string         `json:"deviceId"`
-	GenerationID    string         `json:"generationId,omitempty"`
-	ETag            string         `json:"etag,omitempty"`
-	ConnectionState string         `json:"connectionState,omitempty"`
-	Status          string         `json:"status,omitempty"`
-	StatusReason    string         `json:"statusReason,omitempty"`
-	StatusUpdated   string         `json:"statusUpdatedTime,omitempty"`
-	Authentication  Authentication `json:"authentication"`
-}
-
-// Authentication is the authentication block of a [DeviceJSON].
-type Authentication struct {
-	SymmetricKey SymmetricKey `json:"symmetricKey"`
-	Type         string       `json:"type"`
-}
-
-// SymmetricKey holds a device's two keys.
-type SymmetricKey struct {
-	PrimaryKey   string `json:"primaryKey"`
-	SecondaryKey string `json:"secondaryKey"`
-}
+// The registry's JSON shapes, shared with the clients (internal/wire).
+type (
+	DeviceJSON     = wire.Device
+	Authentication = wire.Authentication
+	SymmetricKey   = wire.SymmetricKey
+	HubJSON        = wire.Hub
+)
 
 // maxBodyBytes bounds a registry request body.
 const maxBodyBytes = 64 << 10
@@ -202,12 +185,6 @@ func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 	s.dropSession(id)
 	s.log.Info().Str(fieldDevice, id).Msg("device deleted")
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// HubJSON describes the hub's endpoints, like `az iot hub devicestream show`.
-type HubJSON struct {
-	HostName           string   `json:"hostName"`
-	StreamingEndpoints []string `json:"streamingEndpoints"`
 }
 
 func (s *Server) handleHub(w http.ResponseWriter, r *http.Request) {

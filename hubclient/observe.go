@@ -8,13 +8,12 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
 // HubInfo describes a hub's endpoints, like `az iot hub devicestream show`.
-type HubInfo struct {
-	HostName           string   `json:"hostName"`
-	StreamingEndpoints []string `json:"streamingEndpoints"`
-}
+type HubInfo = wire.Hub
 
 // ActiveStream is a stream running on the hub: accepted by its device and
 // not ended yet.

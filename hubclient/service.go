@@ -172,19 +172,7 @@ type Device struct {
 }
 
 // deviceJSON is the Azure-shaped JSON of a device.
-type deviceJSON struct {
-	DeviceID        string `json:"deviceId"`
-	ETag            string `json:"etag,omitempty"`
-	ConnectionState string `json:"connectionState,omitempty"`
-	Status          string `json:"status,omitempty"`
-	Authentication  struct {
-		SymmetricKey struct {
-			PrimaryKey   string `json:"primaryKey"`
-			SecondaryKey string `json:"secondaryKey"`
-		} `json:"symmetricKey"`
-		Type string `json:"type"`
-	} `json:"authentication"`
-}
+type deviceJSON wire.Device
 
 func (d deviceJSON) device() Device {
 	return Device{
