@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -168,5 +169,26 @@ func TestMetricsRejectedRequests(t *testing.T) {
 	// Each hub has its own registry.
 	if _, m := scrape(t, other); sample(t, m, series) != 0 {
 		t.Errorf("another hub's %s = %v, want 0", series, m[series])
+	}
+}
+
+// The hub's process and Go runtime series, which the scale benchmarks
+// (docs/scale-benchmarks.md) read to measure the hub's memory per device
+// and per stream.
+func TestMetricsRuntime(t *testing.T) {
+	w := dsproxytest.NewHub(t)
+	runtime.GC() // the hub runs in this process: go_gc_heap_live_bytes needs one GC
+	_, m := scrape(t, w)
+	for _, series := range []string{
+		"go_goroutines",
+		"go_memstats_heap_inuse_bytes",
+		"go_memstats_stack_inuse_bytes",
+		"go_memstats_sys_bytes",
+		"go_gc_heap_live_bytes",
+		"process_resident_memory_bytes",
+	} {
+		if v := sample(t, m, series); v <= 0 {
+			t.Errorf("%s = %v, want > 0", series, v)
+		}
 	}
 }
