@@ -2,10 +2,10 @@
 // shared access policies, and the stream event log (the equivalent of Azure
 // IoT Hub's DeviceStreams resource logs).
 //
-// [Store] is an interface so that several hub replicas can later share one
-// PostgreSQL database; a single node uses the embedded SQLite store from
-// [OpenSQLite]. Every implementation follows the same contract, written on the
-// interface methods, and is checked by the same test suite.
+// [Store] is an interface with two implementations: a single node uses the
+// embedded SQLite store from [OpenSQLite]; several hub replicas share one
+// PostgreSQL database through [OpenPostgres]. Both follow the same contract,
+// written on the interface methods, and are checked by the same test suite.
 //
 // Device IDs and policy names are compared case-sensitively, as in Azure IoT
 // Hub. Times are kept to microsecond precision, in UTC.
@@ -28,6 +28,9 @@ var (
 	// ErrPrecondition means a conditional update or delete named an ETag
 	// that is not the device's current one (HTTP 412).
 	ErrPrecondition = errors.New("etag mismatch")
+	// ErrUnavailable means the store's database could not be reached when
+	// it was opened: no server, credentials refused, no such database.
+	ErrUnavailable = errors.New("database unavailable")
 )
 
 // Rights is the set of permissions a shared access policy grants, as in

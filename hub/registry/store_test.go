@@ -14,9 +14,13 @@ import (
 	"github.com/dsproxy/dsproxy/hub/registry"
 )
 
-// testStore is the contract every Store implementation must meet. open
-// returns a new, empty store; it registers the store's Close with t.Cleanup.
-func testStore(t *testing.T, open func(t *testing.T) registry.Store) {
+// opener opens a store on one database, as often as it is called: the
+// stores it returns share their data, as hubs sharing a database do.
+type opener func() (registry.Store, error)
+
+// testStore is the contract every Store implementation must meet. fresh
+// returns an opener of a new, empty database of the test's own.
+func testStore(t *testing.T, fresh func(t *testing.T) opener) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s registry.Store)
@@ -38,9 +42,39 @@ func testStore(t *testing.T, open func(t *testing.T) registry.Store) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.fn(t, open(t))
+			tt.fn(t, mustOpen(t, fresh(t)))
 		})
 	}
+	// The contract across stores on one database: what a hub sees when it
+	// restarts, and what hubs sharing the database see.
+	shared := []struct {
+		name string
+		fn   func(t *testing.T, open opener)
+	}{
+		{"Reopen", testReopen},
+		{"ConcurrentOpen", testConcurrentOpen},
+		{"TwoStores", testTwoStores},
+	}
+	for _, tt := range shared {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.fn(t, fresh(t))
+		})
+	}
+}
+
+// mustOpen opens a store and closes it at cleanup.
+func mustOpen(t *testing.T, open opener) registry.Store {
+	t.Helper()
+	s, err := open()
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -665,6 +699,159 @@ func testNoKeysInErrors(t *testing.T, s registry.Store) {
 		if strings.Contains(err.Error(), key) {
 			t.Errorf("error %q contains a key", err)
 		}
+	}
+}
+
+func testReopen(t *testing.T, open opener) {
+	ctx := testCtx(t)
+	s, err := open()
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	created, err := registry.EnsureDefaultPolicies(ctx, s)
+	if err != nil || !created {
+		t.Fatalf("EnsureDefaultPolicies = %v, %v; want true", created, err)
+	}
+	before, err := s.ListPolicies(ctx)
+	if err != nil {
+		t.Fatalf("ListPolicies: %v", err)
+	}
+	dev, err := s.CreateDevice(ctx, registry.Device{ID: "d", PrimaryKey: "aGVsbG8="})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	if err := s.AddStreamEvent(ctx, registry.StreamEvent{StreamID: "s", DeviceID: "d", Started: time.Now()}); err != nil {
+		t.Fatalf("AddStreamEvent: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := s.GetDevice(ctx, "d"); err == nil {
+		t.Errorf("GetDevice on a closed store succeeded")
+	}
+
+	for range 2 { // the schema step is idempotent, whatever the number of starts
+		s, err = open()
+		if err != nil {
+			t.Fatalf("open again: %v", err)
+		}
+		created, err = registry.EnsureDefaultPolicies(ctx, s)
+		if err != nil || created {
+			t.Fatalf("EnsureDefaultPolicies after reopen = %v, %v; want false", created, err)
+		}
+		after, err := s.ListPolicies(ctx)
+		if err != nil {
+			t.Fatalf("ListPolicies: %v", err)
+		}
+		if !slices.Equal(after, before) {
+			t.Errorf("policies changed across reopen: %d then %d", len(before), len(after))
+		}
+		got, err := s.GetDevice(ctx, "d")
+		if err != nil {
+			t.Fatalf("GetDevice after reopen: %v", err)
+		}
+		assertDevice(t, got, dev)
+		if es, err := s.StreamEvents(ctx, registry.EventFilter{}); err != nil || len(es) != 1 {
+			t.Errorf("StreamEvents after reopen = %d events, %v; want 1", len(es), err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	}
+}
+
+// testConcurrentOpen is hubs starting at once on one empty database: every
+// one brings the schema up to date, or finds it done, and they agree on
+// the policies one of them created.
+func testConcurrentOpen(t *testing.T, open opener) {
+	ctx := testCtx(t)
+	const hubs = 4
+	stores := make([]registry.Store, hubs)
+	firsts := make([]bool, hubs)
+	errs := make([]error, hubs)
+	var wg sync.WaitGroup
+	for i := range hubs {
+		wg.Go(func() {
+			s, err := open()
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			stores[i] = s
+			firsts[i], errs[i] = registry.EnsureDefaultPolicies(ctx, s)
+		})
+	}
+	wg.Wait()
+	for _, s := range stores {
+		if s != nil {
+			t.Cleanup(func() { s.Close() })
+		}
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("hub %d: %v", i, err)
+		}
+	}
+	if n := slices.Index(firsts, true); n < 0 || slices.Contains(firsts[n+1:], true) {
+		t.Errorf("EnsureDefaultPolicies reported a first start %v, want exactly once", firsts)
+	}
+	want, err := stores[0].ListPolicies(ctx)
+	if err != nil || len(want) != len(registry.DefaultPolicies()) {
+		t.Fatalf("ListPolicies = %d policies, %v; want %d", len(want), err, len(registry.DefaultPolicies()))
+	}
+	for i, s := range stores[1:] {
+		got, err := s.ListPolicies(ctx)
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("hub %d sees other policies (%v)", i+1, err)
+		}
+	}
+}
+
+// testTwoStores is two hubs on one database: each sees what the other
+// writes, and neither fails for the other's writes.
+func testTwoStores(t *testing.T, open opener) {
+	ctx := testCtx(t)
+	stores := [2]registry.Store{mustOpen(t, open), mustOpen(t, open)}
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 200 {
+		wg.Go(func() {
+			s := stores[i%2]
+			err := s.AddStreamEvent(ctx, registry.StreamEvent{StreamID: "x", DeviceID: "d"})
+			if err == nil {
+				_, err = s.StreamEvents(ctx, registry.EventFilter{Limit: 1})
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent use of two stores: %v", err)
+		}
+	}
+	es, err := stores[0].StreamEvents(ctx, registry.EventFilter{})
+	if err != nil || len(es) != 200 {
+		t.Fatalf("StreamEvents = %d events, %v; want 200", len(es), err)
+	}
+	d, err := stores[0].CreateDevice(ctx, registry.Device{ID: "d"})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	got, err := stores[1].GetDevice(ctx, "d")
+	if err != nil {
+		t.Fatalf("GetDevice on the other store: %v", err)
+	}
+	assertDevice(t, got, d)
+	if _, err := stores[1].UpdateDevice(ctx, registry.Device{ID: "d"}, d.ETag); err != nil {
+		t.Fatalf("UpdateDevice on the other store: %v", err)
+	}
+	if err := stores[0].DeleteDevice(ctx, "d", d.ETag); !errors.Is(err, registry.ErrPrecondition) {
+		t.Errorf("DeleteDevice with the ETag the other store replaced: %v, want ErrPrecondition", err)
 	}
 }
 
