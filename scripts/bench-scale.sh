@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Functions run through wait_for look unused to shellcheck:
+# shellcheck disable=SC2317,SC2329
+#
+# bench-scale.sh: how many devices and streams one hub carries, and what
+# each costs it (issue 6; docs/scale-benchmarks.md). Not part of
+# scripts/test.sh or CI: it measures, it does not assert.
+#
+# Rows, each against its own fresh hub (127.0.0.1, a port the kernel picks,
+# its own data directory, limits raised on the command line):
+#
+#   devices  scaletool devices: --devices simulated idle devices (real
+#            hubclient.DeviceClients in one process) connect; the hub's RSS
+#            and Go live heap per device; then the hub is restarted
+#            (SIGTERM, same data dir and port) and the tool times the fleet
+#            coming back and counts its failed attempts.
+#   streams  scaletool streams: --streams concurrent TCP connections to a
+#            dsproxy service port, each a stream through the hub and a
+#            dsproxy device to an echo target, echo a few bytes once and
+#            stay open; the hub's, the service proxy's and the device
+#            proxy's memory per stream.
+#
+# The Markdown table goes to stdout; progress and logs to stderr.
+#
+# Usage: scripts/bench-scale.sh [--devices N] [--streams N] [--quick]
+#                               [--only devices|streams] [--no-restart]
+#                               [--json FILE]
+# Environment:
+#   DSPROXY_BIN   the dsproxy binary to measure (default: built from this checkout)
+#   E2E_KEEP=1    keep the work directory (its path is printed)
+#
+# Needs: bash, coreutils, Go, curl or a bash with /dev/tcp, python3 or perl
+# (free ports), and a hard `ulimit -n` above both counts (the hub holds one
+# descriptor per device, two per stream).
+set -euo pipefail
+
+DEVICES=20000
+STREAMS=10000
+GC_WAIT=130s
+ONLY=
+RESTART=1
+JSON_OUT=bench-scale-results.json
+
+usage() {
+	sed -n '/^# Usage:/,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' >&2
+	exit 2
+}
+while (($# > 0)); do
+	case $1 in
+	--devices) DEVICES=${2:?}; shift 2 ;;
+	--streams) STREAMS=${2:?}; shift 2 ;;
+	--quick) DEVICES=500 STREAMS=300 GC_WAIT=5s; shift ;;
+	--only) ONLY=${2:?}; shift 2 ;;
+	--no-restart) RESTART=; shift ;;
+	--json) JSON_OUT=${2:?}; shift 2 ;;
+	-h | --help) usage ;;
+	*) printf 'bench-scale: unknown argument %q\n' "$1" >&2; usage ;;
+	esac
+done
+[[ $DEVICES =~ ^[1-9][0-9]*$ ]] || { echo "bench-scale: --devices $DEVICES: want a positive number" >&2; exit 2; }
+[[ $STREAMS =~ ^[1-9][0-9]*$ ]] || { echo "bench-scale: --streams $STREAMS: want a positive number" >&2; exit 2; }
+case $ONLY in
+'') ROWS=(devices streams) ;;
+devices | streams) ROWS=("$ONLY") ;;
+*) echo "bench-scale: --only $ONLY: want devices or streams" >&2; exit 2 ;;
+esac
+case $JSON_OUT in /*) ;; *) JSON_OUT=$PWD/$JSON_OUT ;; esac
+
+# The table is the only thing on stdout: keep it on fd 3, send the rest
+# (the e2e helpers log to stdout) to stderr.
+exec 3>&1 1>&2
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/dsproxy-bench-scale.XXXXXX")
+LOGS=$WORK/logs
+mkdir -p "$LOGS"
+
+E2E_NAME=bench-scale
+# shellcheck source=scripts/lib/e2e.sh
+source "$ROOT/scripts/lib/e2e.sh"
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	stop_all
+	finish "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+want_row() { [[ " ${ROWS[*]} " == *" $1 "* ]]; }
+
+# Every process here inherits the hard limit on open files. The hub holds
+# one descriptor per device and two per stream, and so does each proxy per
+# stream; a few dozen more go to listeners, the registry and logs.
+ulimit -n "$(ulimit -Hn)"
+FILES=$(ulimit -n)
+log "open files limit (ulimit -n): $FILES"
+if want_row devices && ((DEVICES + 100 > FILES)); then
+	die "--devices $DEVICES needs ulimit -n above $((DEVICES + 100)), the hard limit is $FILES: raise it (limits.conf, systemd LimitNOFILE, docker --ulimit nofile=) or lower --devices"
+fi
+if want_row streams && ((2 * STREAMS + 100 > FILES)); then
+	die "--streams $STREAMS needs ulimit -n above $((2 * STREAMS + 100)), the hard limit is $FILES: raise it or lower --streams"
+fi
+
+ST=$WORK/scaletool
+log "building scaletool: go build -o $ST ./scripts/scaletool"
+(cd "$ROOT" && go build -o "$ST" ./scripts/scaletool) || die "go build ./scripts/scaletool failed"
+use_binary
+
+# ---------------------------------------------------------------- devices
+
+DEVICES_JSON=
+if want_row devices; then
+	HUB_DIR=$WORK/hub-devices
+	# Short grace: idle devices have no streams to drain.
+	HUB_FLAGS=(--shutdown-grace 1s --log-format json)
+	start_hub dsproxy-hub-devices "$HUB_DIR" 127.0.0.1 "${HUB_FLAGS[@]}" || die "dsproxy hub did not start"
+	DEV_HUB_PORT=$HUB_PORT
+	echo "${PROC_PID[$HUB_NAME]}" >"$WORK/hub.pid"
+	DEVICES_JSON=$WORK/devices.json
+	ARGS=(devices --hub-cs "$HUB_DIR/iothubowner.connection-string" --ca-file "$HUB_DIR/tls/ca.pem"
+		--n "$DEVICES" --hub-pid-file "$WORK/hub.pid" --gc-wait "$GC_WAIT")
+	if [[ -n $RESTART ]]; then
+		ARGS+=(--restart --ready-file "$WORK/ready")
+	fi
+	log "scaletool ${ARGS[*]}"
+	"$ST" "${ARGS[@]}" >"$DEVICES_JSON" 2>"$LOGS/scaletool-devices.log" &
+	SIM=$!
+	PROC_NAMES+=(scaletool-devices)
+	PROC_PIDS+=("$SIM")
+	if [[ -n $RESTART ]]; then
+		# The fleet is connected and measured: restart the hub as an
+		# operator would (SIGTERM, then the same command again).
+		while [[ ! -e $WORK/ready ]]; do
+			alive "$SIM" || die "scaletool devices failed: $(tail -n 5 "$LOGS/scaletool-devices.log")"
+			sleep 0.5
+		done
+		log "restarting the hub (SIGTERM, same data dir and port $DEV_HUB_PORT)"
+		stop_proc "$HUB_NAME" "${PROC_PID[$HUB_NAME]}" || die "the hub did not stop within 5 s of SIGTERM"
+		start dsproxy-hub-devices-restarted "$BIN" hub --listen "127.0.0.1:$DEV_HUB_PORT" --hostname 127.0.0.1 \
+			--data-dir "$HUB_DIR" "${HUB_FLAGS[@]}"
+		echo "${PROC_PID[dsproxy-hub-devices-restarted]}" >"$WORK/hub.pid"
+	fi
+	SIM_RC=0
+	wait "$SIM" || SIM_RC=$?
+	cat "$LOGS/scaletool-devices.log" >&2
+	((SIM_RC == 0)) || die "scaletool devices failed (exit $SIM_RC)"
+	pass "devices row: $DEVICES devices"
+	# The fleet is gone; stop its hub before the next row.
+	if [[ -n $RESTART ]]; then
+		stop_proc dsproxy-hub-devices-restarted "${PROC_PID[dsproxy-hub-devices-restarted]}" || true
+	else
+		stop_proc "$HUB_NAME" "${PROC_PID[$HUB_NAME]}" || true
+	fi
+fi
+
+# ---------------------------------------------------------------- streams
+
+STREAMS_JSON=
+if want_row streams; then
+	HUB_DIR=$WORK/hub-streams
+	CA=$HUB_DIR/tls/ca.pem
+	# Limits raised so that only memory and descriptors bound the row: all
+	# streams go to one device, and the tool opens them as fast as it can.
+	start_hub dsproxy-hub-streams "$HUB_DIR" 127.0.0.1 --log-format json \
+		--max-streams "$STREAMS" --max-streams-per-device "$STREAMS" --max-pending-handshakes 4096 \
+		--stream-rate 100000 --stream-burst 100000 || die "dsproxy hub did not start"
+	STR_HUB_PORT=$HUB_PORT STR_HUB=$HUB_NAME
+	start echo "$ST" echo --listen 127.0.0.1:0
+	wait_for "scaletool echo" 10 echo test -s "$LOGS/echo.out" || die "scaletool echo did not start"
+	ECHO_ADDR=$(head -n 1 "$LOGS/echo.out")
+	CLIENT=(--connection-string-file "$HUB_DIR/iothubowner.connection-string" --ca-file "$CA")
+	DEV_CS=$("$BIN" devices add "${CLIENT[@]}" scale-streams 2>"$LOGS/devices-cli.log") || die "dsproxy devices add failed"
+	(umask 077 && printf '%s\n' "$DEV_CS" >"$WORK/device.cs")
+	device_connected() {
+		"$BIN" devices show --json "${CLIENT[@]}" scale-streams 2>>"$LOGS/devices-cli.log" | grep -q '"connectionState": *"Connected"'
+	}
+	start dsproxy-device "$BIN" device --connection-string-file "$WORK/device.cs" --ca-file "$CA" \
+		--target "echo=$ECHO_ADDR" --log-format json --log-level warn
+	wait_for "device connected" 20 dsproxy-device device_connected || die "dsproxy device did not connect"
+	SVC_NAME=
+	for attempt in 1 2 3 4 5; do
+		p=$(free_port)
+		start "dsproxy-service-$attempt" "$BIN" service "${CLIENT[@]}" --device-id scale-streams \
+			--forward "127.0.0.1:$p=echo" --log-format json --log-level warn
+		if wait_for "service on port $p" 15 "dsproxy-service-$attempt" port_open "$p"; then
+			SVC_NAME=dsproxy-service-$attempt
+			break
+		fi
+		bind_failed "dsproxy-service-$attempt" || die "dsproxy service did not start"
+	done
+	[[ -n $SVC_NAME ]] || die "service: no free port after 5 attempts"
+	STREAMS_JSON=$WORK/streams.json
+	ARGS=(streams --addr "127.0.0.1:$p" --n "$STREAMS" --hub "127.0.0.1:$STR_HUB_PORT" --ca-file "$CA"
+		--hub-pid "${PROC_PID[$STR_HUB]}" --service-pid "${PROC_PID[$SVC_NAME]}"
+		--device-pid "${PROC_PID[dsproxy-device]}" --gc-wait "$GC_WAIT")
+	log "scaletool ${ARGS[*]}"
+	SIM_RC=0
+	"$ST" "${ARGS[@]}" >"$STREAMS_JSON" 2>"$LOGS/scaletool-streams.log" || SIM_RC=$?
+	cat "$LOGS/scaletool-streams.log" >&2
+	((SIM_RC == 0)) || die "scaletool streams failed (exit $SIM_RC)"
+	pass "streams row: $STREAMS streams"
+fi
+
+# ---------------------------------------------------------------- table
+
+COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ $COMMIT != unknown && -n $(cd "$ROOT" && git status --porcelain 2>/dev/null) ]]; then
+	COMMIT+="-dirty"
+fi
+TABLE_ARGS=(table --json "$JSON_OUT" --go "$(go version | sed 's/^go version //')" --commit "$COMMIT")
+[[ -z $DEVICES_JSON ]] || TABLE_ARGS+=(--devices "$DEVICES_JSON")
+[[ -z $STREAMS_JSON ]] || TABLE_ARGS+=(--streams "$STREAMS_JSON")
+"$ST" "${TABLE_ARGS[@]}" >&3 || die "scaletool table failed"
+log "raw results in $JSON_OUT"

@@ -1,0 +1,319 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestParseVmRSS(t *testing.T) {
+	status := "Name:\tdsproxy\nVmPeak:\t  999 kB\nVmRSS:\t   12345 kB\nThreads:\t7\n"
+	got, err := parseVmRSS(strings.NewReader(status))
+	if err != nil || got != 12345*1024 {
+		t.Fatalf("parseVmRSS = %d, %v; want %d", got, err, 12345*1024)
+	}
+	for name, in := range map[string]string{
+		"missing":   "Name:\tx\nThreads:\t1\n",
+		"unit":      "VmRSS:\t12 MB\n",
+		"negative":  "VmRSS:\t-1 kB\n",
+		"not digit": "VmRSS:\tlots kB\n",
+		"no value":  "VmRSS:\n",
+	} {
+		if _, err := parseVmRSS(strings.NewReader(in)); err == nil {
+			t.Errorf("%s: parseVmRSS(%q) succeeded", name, in)
+		}
+	}
+}
+
+func TestReadRSSSelf(t *testing.T) {
+	rss, err := readRSS(os.Getpid())
+	if err != nil || rss <= 0 {
+		t.Fatalf("readRSS(self) = %d, %v", rss, err)
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	in := `# HELP go_goroutines Number of goroutines.
+# TYPE go_goroutines gauge
+go_goroutines 42
+
+dsproxy_hub_streams_ended_total{result="ended"} 7
+weird{path="a b}c"} 1.5e+06 1700000000000
+go_memstats_last_gc_time_seconds 1.7000000001e+09
+`
+	m, err := parseMetrics(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{
+		"go_goroutines": 42,
+		`dsproxy_hub_streams_ended_total{result="ended"}`: 7,
+		`weird{path="a b}c"}`:                             1.5e6,
+		"go_memstats_last_gc_time_seconds":                1.7000000001e9,
+	}
+	if len(m) != len(want) {
+		t.Errorf("got %d samples, want %d: %v", len(m), len(want), m)
+	}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s = %v, want %v", k, m[k], v)
+		}
+	}
+	for _, bad := range []string{"novalue", "x{a=\"b\"}", "x notanumber", "x 1 2 3"} {
+		if _, err := parseMetrics(strings.NewReader(bad + "\n")); err == nil {
+			t.Errorf("parseMetrics(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestHubGoMemory(t *testing.T) {
+	m := map[string]float64{
+		"go_gc_heap_live_bytes": 1, "go_memstats_heap_inuse_bytes": 2, "go_memstats_stack_inuse_bytes": 3,
+		"go_memstats_sys_bytes": 4, "go_goroutines": 5, "go_memstats_last_gc_time_seconds": 1.5e9,
+	}
+	g, err := hubGoMemory(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.HeapLive != 1 || g.HeapInuse != 2 || g.StackInuse != 3 || g.Sys != 4 || g.Goroutines != 5 {
+		t.Errorf("hubGoMemory = %+v", g)
+	}
+	if want := time.Unix(1_500_000_000, 0); !g.LastGC.Equal(want) {
+		t.Errorf("LastGC = %v, want %v", g.LastGC, want)
+	}
+	delete(m, "go_gc_heap_live_bytes")
+	if _, err := hubGoMemory(m); err == nil {
+		t.Error("hubGoMemory without go_gc_heap_live_bytes succeeded")
+	}
+}
+
+func TestPer(t *testing.T) {
+	before := memory{RSS: 1000, Go: &goMemory{HeapLive: 100, Goroutines: 10}}
+	after := memory{RSS: 5000, Go: &goMemory{HeapLive: 500, Goroutines: 50}}
+	p := per(before, after, 4)
+	if p.RSS != 1000 || p.HeapLive != 100 || p.Goroutines != 10 {
+		t.Errorf("per = %+v", p)
+	}
+	if p := per(memory{RSS: 1}, memory{RSS: 3}, 2); p.RSS != 1 || p.HeapLive != 0 {
+		t.Errorf("per without Go figures = %+v", p)
+	}
+	if p := per(before, after, 0); p != (perUnit{}) {
+		t.Errorf("per over 0 = %+v", p)
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	var xs []float64
+	for i := 100; i >= 1; i-- {
+		xs = append(xs, float64(i))
+	}
+	s := summarize(xs)
+	want := summary{N: 100, Min: 1, P50: 50, P90: 90, P99: 99, Max: 100}
+	if s != want {
+		t.Errorf("summarize(1..100) = %+v, want %+v", s, want)
+	}
+	if s := summarize([]float64{7}); s.P50 != 7 || s.P99 != 7 || s.N != 1 {
+		t.Errorf("summarize([7]) = %+v", s)
+	}
+	if s := summarize(nil); s != (summary{}) {
+		t.Errorf("summarize(nil) = %+v", s)
+	}
+}
+
+func TestHistogram(t *testing.T) {
+	got := histogram([]float64{0.1, 0.9, 1.0, 3.5, -0.2}, 1)
+	if want := []int{3, 1, 0, 1}; !slices.Equal(got, want) {
+		t.Errorf("histogram = %v, want %v", got, want)
+	}
+	if histogram(nil, 1) != nil || histogram([]float64{1}, 0) != nil {
+		t.Error("histogram of nothing, or of width 0, is not nil")
+	}
+	if s := histString([]int{3, 0, 2}); s != "0s:3 2s:2" {
+		t.Errorf("histString = %q", s)
+	}
+}
+
+func TestFailureClass(t *testing.T) {
+	for msg, want := range map[string]string{
+		`connect control session: dial tcp 127.0.0.1:1: connect: connection refused`: "refused",
+		`connect control session: the hub is shutting down (503)`:                    "unavailable",
+		`connect control session: too many requests (429)`:                           "throttled",
+		`connect control session: read tcp ...: read: connection reset by peer`:      "reset",
+		`connect control session: context deadline exceeded`:                         "timeout",
+		`control session: no ready message from the hub: i/o timeout`:                "timeout",
+		`connect control session: failed to WebSocket dial: unexpected EOF`:          "eof",
+		`connect control session: tls: failed to verify certificate: x509: expired`:  "tls",
+		`something new`: "other",
+	} {
+		if got := failureClass(msg); got != want {
+			t.Errorf("failureClass(%q) = %s, want %s", msg, got, want)
+		}
+	}
+}
+
+// A fleet of three through a restart, fed the log lines a DeviceClient
+// writes.
+func TestFleetRestart(t *testing.T) {
+	f := newFleet(3)
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	up := logLine{Message: "control session up"}
+	down := func(err, retry string) logLine {
+		return logLine{Message: "control session down", Error: err, RetryIn: retry}
+	}
+	for i := range 3 {
+		f.event(i, up, at(0))
+	}
+	// A failure before the restart is not the storm's.
+	f.event(0, down("control session ended: EOF", "400ms"), at(0.5))
+	f.event(0, up, at(1))
+	if f.connected() != 3 {
+		t.Fatalf("connected = %d, want 3", f.connected())
+	}
+	f.markRestart()
+	f.event(0, down("control session ended: EOF", "300ms"), at(10)) // the drop
+	f.event(1, down("control session ended: EOF", "450ms"), at(10.1))
+	f.event(2, down("control session ended: EOF", "250ms"), at(10.2))
+	if f.connected() != 0 {
+		t.Fatalf("connected after the drop = %d, want 0", f.connected())
+	}
+	f.event(0, down("dial: connection refused", "800ms"), at(10.5))
+	f.event(0, down("dial: connection refused", "1.6s"), at(11.5))
+	f.event(1, down("the hub is shutting down (503)", "900ms"), at(10.6))
+	f.event(0, up, at(13.5))
+	f.event(1, up, at(11.6))
+	if f.back() != 2 {
+		t.Fatalf("back = %d, want 2", f.back())
+	}
+	f.event(2, up, at(10.7))
+	rr := f.restartReport(at(10.05), at(11))
+	if rr.Back != 3 || f.back() != 3 {
+		t.Errorf("back = %d, want 3", rr.Back)
+	}
+	if !near(rr.AllBackSeconds, 3.5) || !near(rr.HubUpSeconds, 1) || !near(rr.HubDownSeconds, 0.05) || !near(rr.AllBackAfterHubUp, 2.5) {
+		t.Errorf("times: all back %v, hub down %v up %v, after up %v", rr.AllBackSeconds, rr.HubDownSeconds, rr.HubUpSeconds, rr.AllBackAfterHubUp)
+	}
+	if rr.FailureTotal != 3 || rr.Failures["refused"] != 2 || rr.Failures["unavailable"] != 1 {
+		t.Errorf("failures %d %v, want 3: refused 2, unavailable 1", rr.FailureTotal, rr.Failures)
+	}
+	if rr.Attempts.Max != 2 || rr.Attempts.P50 != 1 {
+		t.Errorf("failed attempts per device %+v, want p50 1, max 2", rr.Attempts)
+	}
+	if rr.RetryWaits.N != 6 || rr.RetryWaits.Min != 0.25 || rr.RetryWaits.Max != 1.6 {
+		t.Errorf("retry waits %+v, want 6 from 0.25 to 1.6", rr.RetryWaits)
+	}
+	if want := []int{1, 1, 0, 1}; !slices.Equal(rr.Histogram, want) {
+		t.Errorf("histogram %v, want %v", rr.Histogram, want)
+	}
+}
+
+func near(a, b float64) bool { return a-b < 1e-6 && b-a < 1e-6 }
+
+func TestDeviceLogIgnoresGarbage(t *testing.T) {
+	f := newFleet(1)
+	w := f.logWriter(0)
+	for _, line := range []string{"not json", `{"message":"control session up","device":"x"}` + "\n"} {
+		if n, err := w.Write([]byte(line)); err != nil || n != len(line) {
+			t.Fatalf("Write(%q) = %d, %v", line, n, err)
+		}
+	}
+	if f.connected() != 1 {
+		t.Errorf("connected = %d, want 1", f.connected())
+	}
+}
+
+func TestDeviceID(t *testing.T) {
+	if got := deviceID("scale-", 42); got != "scale-00042" {
+		t.Errorf("deviceID = %q", got)
+	}
+	if got := deviceID("s", 123456); got != "s123456" {
+		t.Errorf("deviceID = %q", got)
+	}
+}
+
+func TestReadPIDFile(t *testing.T) {
+	dir := t.TempDir()
+	for content, want := range map[string]int{"123\n": 123, " 7 ": 7, "x": 0, "-3": 0, "": 0} {
+		name := filepath.Join(dir, "pid")
+		if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := readPIDFile(name)
+		if want == 0 {
+			if err == nil {
+				t.Errorf("readPIDFile(%q) = %d, want an error", content, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("readPIDFile(%q) = %d, %v; want %d", content, got, err, want)
+		}
+	}
+}
+
+func TestTable(t *testing.T) {
+	var d devicesResult
+	d.N = 100
+	d.Hub.PerDevice = perUnit{RSS: 40 << 10, HeapLive: 20 << 10}
+	d.Restart = &restartResult{Back: 100, AllBackSeconds: 12.5, Failures: map[string]int{"refused": 3, "eof": 3, "timeout": 9}, FailureTotal: 15}
+	var s streamsResult
+	s.N = 50
+	s.Hub.PerStream = perUnit{RSS: 100 << 10}
+	var buf bytes.Buffer
+	writeTable(&buf, scaleRun{Date: "d", Machine: "m", Go: "go", Commit: "c", Devices: &d, Streams: &s})
+	out := buf.String()
+	for _, want := range []string{
+		"| 100 idle devices | hub RSS per device | 40.0 KiB | ≤ 48.0 KiB | meets |",
+		"| | all back after hub restart (from the drop) | 12.5 s | ≤ 30 s | meets |",
+		"15 (timeout 9, eof 3, refused 3)",
+		"| 50 open streams | hub RSS per stream | 100.0 KiB | ≤ 64.0 KiB | **misses** |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestEcho(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveEcho(ctx, ln) }()
+	var conns []net.Conn
+	for i := range 3 {
+		c, err := openOne(ctx, ln.Addr().String(), i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	conns = append(conns, nil) // a stream that never opened
+	if n := echoAll(ctx, conns, 2); n != 3 {
+		t.Errorf("echoAll = %d, want 3", n)
+	}
+	cancel() // closes the listener and every connection
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serveEcho: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serveEcho did not return after its context ended")
+	}
+	for _, c := range conns[:3] {
+		c.Close()
+	}
+}
