@@ -14,6 +14,11 @@
 #                           the network namespace part of e2e-faults.sh
 #                           without root, ip and nft or iptables); so is
 #                           tinyproxy (or root) for scripts/e2e-proxy.sh
+#   DSPROXY_TEST_POSTGRES   a PostgreSQL URL for the PostgreSQL registry's
+#                           tests; when unset, test.sh starts a throwaway
+#                           server (scripts/lib/postgres.sh) if PostgreSQL is
+#                           installed, and the tests skip, loudly, if not
+#   DSPROXY_REQUIRE_POSTGRES=1  no PostgreSQL is a failure (set under CI=true)
 #   FUZZTIME                how long each fuzz target runs (default 5s)
 #
 # Every step runs even when an earlier one failed; the summary at the end
@@ -133,8 +138,35 @@ e2e() {
 	"$1"
 }
 
+# postgres_for_tests gives the PostgreSQL registry's tests a server.
+# shellcheck source=lib/postgres.sh
+source scripts/lib/postgres.sh
+[[ ${CI:-} == true ]] && export DSPROXY_REQUIRE_POSTGRES=1
+PG_SKIPPED=
+postgres_for_tests() {
+	if [[ -n ${DSPROXY_TEST_POSTGRES:-} ]]; then
+		echo "using DSPROXY_TEST_POSTGRES from the environment"
+		return 0
+	fi
+	if postgres_start; then
+		trap postgres_stop EXIT
+		echo "PostgreSQL in $PG_DIR, for DSPROXY_TEST_POSTGRES"
+		return 0
+	fi
+	if [[ ${DSPROXY_REQUIRE_POSTGRES:-} == 1 ]]; then
+		echo "FAIL: no PostgreSQL for the registry's tests (DSPROXY_REQUIRE_POSTGRES=1): apt-get install -y postgresql-15"
+		return 1
+	fi
+	printf '\n!!! SKIP: the PostgreSQL registry tests will NOT RUN: no server (apt-get install -y postgresql-15)\n'
+	PG_SKIPPED=1
+}
+
 step "gofmt -l ." gofmt_clean
 step "go vet ./..." go vet ./...
+step "PostgreSQL for the tests (scripts/lib/postgres.sh)" postgres_for_tests
+if [[ -n $PG_SKIPPED ]]; then
+	SUMMARY[-1]="SKIP  PostgreSQL for the tests: not installed (apt-get install -y postgresql-15); its tests skip"
+fi
 if ((quick)); then
 	step "go test -race -short ./..." go_test
 else

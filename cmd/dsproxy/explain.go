@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/dsproxy/dsproxy/hub/registry"
 	"github.com/dsproxy/dsproxy/hubclient"
 )
 
@@ -22,6 +23,10 @@ func explain(err error) error {
 	var dns *net.DNSError
 	var op *net.OpError
 	switch {
+	case errors.Is(err, registry.ErrUnavailable):
+		// The hub's own database: says what failed already, and the
+		// network cases below are about reaching a hub.
+		return err
 	case errors.As(err, &ua) || (errors.As(err, &cv) && errors.As(cv.Err, &ua)):
 		return fmt.Errorf("the hub's certificate is not signed by a CA this machine trusts: pass --ca-file with the hub's DATA_DIR/tls/ca.pem (%w)", err)
 	case errors.As(err, &hn):

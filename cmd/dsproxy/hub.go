@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/dsproxy/dsproxy/hub"
+	"github.com/dsproxy/dsproxy/hub/registry"
 )
 
 func hubCommand() *cli.Command {
@@ -22,12 +25,18 @@ makes a private CA in DATA_DIR/tls; clients trust DATA_DIR/tls/ca.pem.
 On first start it creates DATA_DIR (registry, keys, CA) and prints the owner
 connection string, which it also keeps in DATA_DIR/iothubowner.connection-string.
 
+With --registry postgres://... the registry (devices, policies and their keys,
+stream events) lives in that PostgreSQL database instead of DATA_DIR/registry.db,
+so that hub replicas can share it; the database must exist, and the hub creates
+its tables. The first start is then the first on that database.
+
 Example:
    dsproxy hub --listen :8443 --hostname hub.example.com`,
 		Flags: append(logFlags(),
 			&cli.StringFlag{Name: "listen", Value: ":8443", Usage: "`ADDR` to serve HTTPS on", EnvVars: []string{"DSPROXY_LISTEN"}},
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "`DIR` for the registry, keys and TLS material", EnvVars: []string{"DSPROXY_DATA_DIR"}},
 			&cli.StringSliceFlag{Name: "hostname", Usage: "`NAME` clients use to reach the hub (repeatable; the first goes into connection strings and stream URLs); default: this machine's host name and localhost", EnvVars: []string{"DSPROXY_HOSTNAME"}},
+			&cli.StringFlag{Name: "registry", Usage: "`URL` of a PostgreSQL database to keep the registry in, as postgres://user:password@host:5432/dsproxy (default: SQLite in --data-dir)", EnvVars: []string{"DSPROXY_REGISTRY"}},
 			&cli.StringFlag{Name: "advertise", Usage: "`HOST:PORT` to put in stream URLs and connection strings when clients reach the hub through another address (load balancer, port mapping)", EnvVars: []string{"DSPROXY_ADVERTISE"}},
 			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate `FILE` to serve instead of the generated one", EnvVars: []string{"DSPROXY_TLS_CERT"}},
 			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key `FILE` of --tls-cert", EnvVars: []string{"DSPROXY_TLS_KEY"}},
@@ -48,6 +57,11 @@ Example:
 		Action: runHub,
 	}
 }
+
+// registryOpenTimeout bounds connecting to the --registry database and
+// bringing its schema up to date, so that a hub pointed at a database that
+// does not answer says so instead of hanging.
+const registryOpenTimeout = 30 * time.Second
 
 func runHub(c *cli.Context) error {
 	log, err := newLogger(c)
@@ -76,6 +90,17 @@ func runHub(c *cli.Context) error {
 	cfg.EventRetention = c.Duration("event-retention")
 	cfg.MaxEvents = c.Int("max-events")
 	cfg.Logger = log
+
+	if u := c.String("registry"); u != "" {
+		ctx, cancel := context.WithTimeout(c.Context, registryOpenTimeout)
+		reg, err := registry.OpenPostgres(ctx, u)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("--registry: %w", err)
+		}
+		defer reg.Close()
+		cfg.Registry = reg
+	}
 
 	ln, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
