@@ -6,39 +6,62 @@
 # (issue 6; docs/benchmarks.md). Not part of scripts/test.sh or CI: it
 # measures, it does not assert.
 #
-# Everything runs on 127.0.0.1, in a temporary work directory that is removed
-# on exit, together with every process the script started:
+# Everything runs on 127.0.0.1 (the rtt row: in a network namespace of its
+# own, joined by a link with an added round trip), in a temporary work
+# directory that is removed on exit, together with every process the script
+# started and the namespace:
 #
-#   benchtool sink, benchtool echo   the targets (scripts/benchtool)
-#   direct                           the targets themselves: the physical limit
-#   ssh                              ssh -N -L through a private sshd, -c aes128-gcm@openssh.com
-#   dsproxy                          dsproxy service → dsproxy hub → dsproxy device,
-#                                    TLS on both legs, three processes
+#   targets          benchtool sink, source, echo, hold; iperf3 -s
+#   direct           the targets themselves: the physical limit
+#   ssh              ssh -N -L through a private sshd, -c aes128-gcm@openssh.com
+#   dsproxy          dsproxy service --mode per-stream → hub → device, TLS on
+#                    both legs, three processes (no --mode when the binary has none)
+#   dsproxy-session  the same with dsproxy service --mode session (only when
+#                    dsproxy service --help lists --mode)
 #
-# Rows, each path in every round, the path order reversed every other round:
-#   throughput  one stream uploads --bytes to the sink, half-closes, waits for
-#               its ack: Gbit/s, and CPU seconds per GB of the tunnel processes
-#   setup       --conns sequential connections: dial, echo one byte, close:
-#               p50 / p90 / p99
+# Rows (--only takes a comma-separated list; "throughput" is
+# upload,download,parallel):
+#   upload          one stream, --bytes to a sink: Gbit/s, CPU-s per GB
+#   download        one stream, --bytes from a source: Gbit/s, CPU-s per GB
+#   parallel        4 streams, --bytes in all to a sink: Gbit/s, CPU-s per GB
+#   iperf3          iperf3 -c, -c -R, -c -P 4 for --iperf3-time each
+#   setup           --conns sequential dial, echo 1 byte, close: p50/p90/p99
+#   setup-parallel  --clients loops of the same for --parallel-time: setups/s, p50/p99
+#   stall           stream B (--stall-bytes) alone and beside a stream A
+#                   whose reader stopped, upload and download: Gbit/s, ratio
+#   rtt             --rtt-conns setups over a link with --rtt-ms round trip:
+#                   ms and RTTs (root, ip, and netem or /dev/net/tun)
+# Each path in every round; the path order is reversed every other round.
 #
 # The Markdown table goes to stdout; progress and logs to stderr.
 #
-# Usage: scripts/bench.sh [--rounds N] [--bytes SIZE] [--conns N]
-#                         [--only throughput|setup] [--paths direct,ssh,dsproxy]
-#                         [--json FILE]
+# Usage: scripts/bench.sh [--quick] [--rounds N] [--only ROWS] [--paths PATHS]
+#                         [--bytes SIZE] [--stall-bytes SIZE] [--conns N]
+#                         [--iperf3-time SECS] [--clients N] [--parallel-time SECS]
+#                         [--rtt-ms MS] [--rtt-conns N] [--json FILE]
+#   --quick   a smoke run: 1 round and small sizes (options after it still apply)
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from this checkout)
 #   E2E_KEEP=1    keep the work directory (its path is printed)
 #
 # Needs: bash, coreutils, Go, OpenSSH (sshd, ssh, ssh-keygen) for the ssh path,
-# and python3 or perl to ask the kernel for free ports.
+# python3 or perl to ask the kernel for free ports; iperf3 for the iperf3
+# row (installed with apt-get when missing and root); root and iproute2 for
+# the rtt row. A row whose tools are missing is skipped with a note.
 set -euo pipefail
 
+ALL_ROWS=(upload download parallel iperf3 setup setup-parallel stall rtt)
 ROUNDS=3
 BYTES=1GiB
+STALL_BYTES=256MiB
 CONNS=1000
+IPERF3_TIME=3
+CLIENTS=64
+PARALLEL_TIME=5
+RTT_MS=50
+RTT_CONNS=20
 ONLY=
-PATHS=direct,ssh,dsproxy
+PATHS=
 JSON_OUT=bench-results.json
 
 usage() {
@@ -47,9 +70,16 @@ usage() {
 }
 while (($# > 0)); do
 	case $1 in
+	--quick) ROUNDS=1 BYTES=128MiB STALL_BYTES=64MiB CONNS=200 IPERF3_TIME=1 PARALLEL_TIME=1 RTT_CONNS=5; shift ;;
 	--rounds) ROUNDS=${2:?}; shift 2 ;;
 	--bytes) BYTES=${2:?}; shift 2 ;;
+	--stall-bytes) STALL_BYTES=${2:?}; shift 2 ;;
 	--conns) CONNS=${2:?}; shift 2 ;;
+	--iperf3-time) IPERF3_TIME=${2:?}; shift 2 ;;
+	--clients) CLIENTS=${2:?}; shift 2 ;;
+	--parallel-time) PARALLEL_TIME=${2:?}; shift 2 ;;
+	--rtt-ms) RTT_MS=${2:?}; shift 2 ;;
+	--rtt-conns) RTT_CONNS=${2:?}; shift 2 ;;
 	--only) ONLY=${2:?}; shift 2 ;;
 	--paths) PATHS=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
@@ -57,18 +87,34 @@ while (($# > 0)); do
 	*) printf 'bench: unknown argument %q\n' "$1" >&2; usage ;;
 	esac
 done
-[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds $ROUNDS: want a positive number" >&2; exit 2; }
-[[ $CONNS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --conns $CONNS: want a positive number" >&2; exit 2; }
-case $ONLY in
-'') ROWS=(throughput setup) ;;
-throughput | setup) ROWS=("$ONLY") ;;
-*) echo "bench: --only $ONLY: want throughput or setup" >&2; exit 2 ;;
-esac
-IFS=, read -r -a PATH_LIST <<<"$PATHS"
-for p in "${PATH_LIST[@]}"; do
-	case $p in direct | ssh | dsproxy) ;; *) echo "bench: --paths: unknown path $p (want direct, ssh, dsproxy)" >&2; exit 2 ;; esac
-done
-((${#PATH_LIST[@]} > 0)) || { echo "bench: --paths is empty" >&2; exit 2; }
+positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "bench: $1 $2: want a positive whole number" >&2; exit 2; }; }
+positive --rounds "$ROUNDS"
+positive --conns "$CONNS"
+positive --iperf3-time "$IPERF3_TIME"
+positive --clients "$CLIENTS"
+positive --parallel-time "$PARALLEL_TIME"
+positive --rtt-ms "$RTT_MS"
+positive --rtt-conns "$RTT_CONNS"
+
+ROWS=()
+if [[ -z $ONLY ]]; then
+	ROWS=("${ALL_ROWS[@]}")
+else
+	IFS=, read -r -a only <<<"$ONLY"
+	for r in "${only[@]}"; do
+		case " throughput ${ALL_ROWS[*]} " in
+		*" $r "*) ;;
+		*) echo "bench: --only: unknown row $r (want throughput or ${ALL_ROWS[*]})" >&2; exit 2 ;;
+		esac
+		if [[ $r == throughput ]]; then ROWS+=(upload download parallel); else ROWS+=("$r"); fi
+	done
+fi
+want_row() { [[ " ${ROWS[*]} " == *" $1 "* ]]; }
+drop_row() {
+	local r keep=()
+	for r in "${ROWS[@]}"; do [[ $r == "$1" ]] || keep+=("$r"); done
+	ROWS=("${keep[@]}")
+}
 case $JSON_OUT in /*) ;; *) JSON_OUT=$PWD/$JSON_OUT ;; esac
 
 # The table is the only thing on stdout: keep it on fd 3, send the rest
@@ -84,114 +130,289 @@ E2E_NAME=bench
 # shellcheck source=scripts/lib/e2e.sh
 source "$ROOT/scripts/lib/e2e.sh"
 
+# The rtt row's namespace and link device, removed by cleanup.
+NS= LINK_DEV=
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
 	stop_all
+	if [[ -n $NS ]]; then ip netns del "$NS" 2>/dev/null || true; fi
+	if [[ -n $LINK_DEV ]] && ip link show "$LINK_DEV" >/dev/null 2>&1; then ip link del "$LINK_DEV" || true; fi
 	finish "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-want_path() { [[ ,$PATHS, == *,$1,* ]]; }
+NOTES=()
+# skip_row ROW WHY: leaves ROW out of the run, loudly, and in the table.
+skip_row() {
+	printf 'WARN: %s row skipped: %s\n' "$1" "$2"
+	NOTES+=("$1 row skipped: $2")
+	drop_row "$1"
+}
 
 # ---------------------------------------------------------------- tools
 
 BT=$WORK/benchtool
 log "building benchtool: go build -o $BT ./scripts/benchtool"
 (cd "$ROOT" && go build -o "$BT" ./scripts/benchtool) || die "go build ./scripts/benchtool failed"
-NBYTES=$("$BT" size "$BYTES") || die "--bytes $BYTES"
+"$BT" size "$BYTES" >/dev/null || die "--bytes $BYTES"
+"$BT" size "$STALL_BYTES" >/dev/null || die "--stall-bytes $STALL_BYTES"
+
+# The paths: dsproxy-session only when the binary has service --mode.
+use_binary
+MODES=
+if "$BIN" service --help 2>/dev/null | grep -q -- '--mode'; then MODES=1; fi
+if [[ -z $PATHS ]]; then
+	PATHS=direct,ssh,dsproxy
+	if [[ -n $MODES ]]; then PATHS+=,dsproxy-session; else NOTES+=("dsproxy-session path left out: this dsproxy service has no --mode"); fi
+fi
+IFS=, read -r -a PATH_LIST <<<"$PATHS"
+((${#PATH_LIST[@]} > 0)) || { echo "bench: --paths is empty" >&2; exit 2; }
+for p in "${PATH_LIST[@]}"; do
+	case $p in
+	direct | ssh | dsproxy) ;;
+	dsproxy-session) [[ -n $MODES ]] || die "--paths: dsproxy-session needs dsproxy service --mode, which $BIN does not have" ;;
+	*) die "--paths: unknown path $p (want direct, ssh, dsproxy, dsproxy-session)" ;;
+	esac
+done
+want_path() { [[ ,$PATHS, == *,$1,* ]]; }
+is_dsproxy() { [[ $1 == dsproxy* ]]; }
+
 if want_path ssh; then
 	for tool in sshd ssh ssh-keygen; do
 		if ! command -v "$tool" >/dev/null && ! [[ -x /usr/sbin/$tool ]]; then
 			die "$tool not found for the ssh path: install OpenSSH (apt-get install -y openssh-server openssh-client) or leave it out with --paths direct,dsproxy"
 		fi
 	done
-	SSHD=$(command -v sshd || echo /usr/sbin/sshd)
 fi
-if want_path dsproxy; then
-	use_binary
-elif ! command -v python3 >/dev/null && ! command -v perl >/dev/null; then
-	die "need python3 or perl to find free ports"
+
+if want_row iperf3 && ! command -v iperf3 >/dev/null; then
+	if ((EUID == 0)) && command -v apt-get >/dev/null; then
+		log "iperf3 is missing: apt-get install -y iperf3"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y iperf3 >"$LOGS/apt-iperf3.log" 2>&1 ||
+			log "apt-get install iperf3 failed: $(tail -n 2 "$LOGS/apt-iperf3.log")"
+	fi
+	command -v iperf3 >/dev/null || skip_row iperf3 "iperf3 is not installed (apt-get install -y iperf3)"
 fi
+
+# The rtt row's link: sch_netem on a veth pair when the kernel has it, else
+# benchtool's delayed TUN link.
+RTT_LINK=
+if want_row rtt; then
+	if ((EUID != 0)); then
+		skip_row rtt "needs root for a network namespace"
+	elif ! command -v ip >/dev/null; then
+		skip_row rtt "needs ip (iproute2)"
+	else
+		probe=dsbp$$
+		if command -v tc >/dev/null && ip link add "$probe" type veth peer name "${probe}x" 2>/dev/null; then
+			if tc qdisc add dev "$probe" root netem delay 1ms 2>/dev/null; then RTT_LINK=netem; fi
+			ip link del "$probe" 2>/dev/null || true
+		fi
+		if [[ -z $RTT_LINK && -c /dev/net/tun ]]; then RTT_LINK=tun; fi
+		[[ -n $RTT_LINK ]] || skip_row rtt "needs tc with sch_netem, or /dev/net/tun"
+	fi
+fi
+((${#ROWS[@]} > 0)) || die "no row left to run"
+log "rows: ${ROWS[*]}; paths: ${PATH_LIST[*]}"
 
 # ---------------------------------------------------------------- targets
 
-# start_server KIND: runs benchtool KIND (sink or echo) on a port the kernel
-# picks; sets PORT.
+# start_server KIND [HOST]: runs benchtool KIND on HOST (127.0.0.1) and a
+# port the kernel picks; sets PORT.
 start_server() {
-	start "$1" "$BT" "$1" --listen 127.0.0.1:0
-	wait_for "benchtool $1" 10 "$1" test -s "$LOGS/$1.out" || die "benchtool $1 did not start"
-	PORT=$(sed -n '1s/.*://p' "$LOGS/$1.out")
+	local name=$1${2:+-far}
+	start "$name" "$BT" "$1" --listen "${2:-127.0.0.1}:0"
+	wait_for "benchtool $1" 10 "$name" test -s "$LOGS/$name.out" || die "benchtool $1 did not start"
+	PORT=$(sed -n '1s/.*://p' "$LOGS/$name.out")
 }
-start_server sink
-SINK_PORT=$PORT
-start_server echo
-ECHO_PORT=$PORT
-log "sink on 127.0.0.1:$SINK_PORT, echo on 127.0.0.1:$ECHO_PORT"
 
-# Per path: the entry port of each row and the PIDs whose CPU time counts.
-declare -A SINK_ENTRY=([direct]=$SINK_PORT) ECHO_ENTRY=([direct]=$ECHO_PORT) CPU_PIDS=([direct]=)
+# Per target, its port; per path and target, the entry port of the path.
+declare -A TARGET_PORT=() ENTRY=() CPU_PIDS=([direct]=)
+TARGETS=(sink source echo hold)
+for t in "${TARGETS[@]}"; do
+	start_server "$t"
+	TARGET_PORT[$t]=$PORT
+done
+if want_row iperf3; then
+	IPERF_OK=
+	for attempt in 1 2 3 4 5; do
+		port=$(free_port)
+		start "iperf3-server-$attempt" iperf3 -s -B 127.0.0.1 -p "$port"
+		if wait_for "iperf3 -s on $port" 10 "iperf3-server-$attempt" port_open "$port"; then
+			IPERF_OK=1
+			break
+		fi
+	done
+	[[ -n $IPERF_OK ]] || die "iperf3 -s did not start: $(tail -n 3 "$LOGS/iperf3-server-$attempt.log")"
+	TARGETS+=(iperf3)
+	TARGET_PORT[iperf3]=$port
+fi
+for t in "${TARGETS[@]}"; do ENTRY[direct/$t]=${TARGET_PORT[$t]}; done
+log "targets: $(for t in "${TARGETS[@]}"; do printf '%s 127.0.0.1:%s  ' "$t" "${TARGET_PORT[$t]}"; done)"
+
+# start_forwarder PATH NAME PORTVAR... : runs the command in FWD_CMD with
+# one new free port per target (PORTVAR: an array of "-L"-style arguments
+# built by the caller through fwd_args) and waits for every port; retries
+# with new ports when one was taken. Sets FWD_NAME and ENTRY[PATH/target].
+# fwd_args TARGET PORT prints the arguments that forward PORT to TARGET.
+start_forwarder() {
+	local path=$1 name=$2 attempt t ok args ports
+	for attempt in 1 2 3 4 5; do
+		args=() ports=()
+		for t in "${TARGETS[@]}"; do
+			ports+=("$(free_port)")
+			# shellcheck disable=SC2207 # fwd_args prints one argument a line
+			args+=($(fwd_args "$t" "${ports[-1]}"))
+		done
+		start "$name-$attempt" "${FWD_CMD[@]}" "${args[@]}"
+		ok=1
+		for p in "${ports[@]}"; do
+			wait_for "$name on port $p" 15 "$name-$attempt" port_open "$p" || { ok=; break; }
+		done
+		if [[ -n $ok ]]; then
+			FWD_NAME=$name-$attempt
+			local i=0
+			for t in "${TARGETS[@]}"; do ENTRY[$path/$t]=${ports[i]}; i=$((i + 1)); done
+			return 0
+		fi
+		alive "${PROC_PID[$name-$attempt]}" && die "$name did not open its ports"
+		bind_failed "$name-$attempt" || die "$name did not start: $(tail -n 3 "$LOGS/$name-$attempt.log")"
+	done
+	die "$name: no free ports after 5 attempts"
+}
 
 # ---------------------------------------------------------------- ssh
 
 if want_path ssh; then
 	start_private_sshd
-
-	SSH_OK=
-	for attempt in 1 2 3 4 5; do
-		p1=$(free_port)
-		p2=$(free_port)
-		start "ssh-L-$attempt" ssh -N -F none -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-			-o BatchMode=yes -o LogLevel=ERROR -o IdentitiesOnly=yes -o ExitOnForwardFailure=yes \
-			-c aes128-gcm@openssh.com -i "$WORK/client_ed25519" -p "$SSHD_PORT" \
-			-L "127.0.0.1:$p1:127.0.0.1:$SINK_PORT" -L "127.0.0.1:$p2:127.0.0.1:$ECHO_PORT" \
-			"$(id -un)@127.0.0.1"
-		if wait_for "ssh -L on ports $p1 and $p2" 15 "ssh-L-$attempt" port_open "$p1" &&
-			wait_for "second forward" 5 "ssh-L-$attempt" port_open "$p2"; then
-			SSH_OK=1
-			break
-		fi
-		alive "${PROC_PID[ssh-L-$attempt]}" && die "ssh -L did not open its ports"
-	done
-	[[ -n $SSH_OK ]] || die "ssh -L did not start: $(tail -n 3 "$LOGS/ssh-L-$attempt.log")"
-	SINK_ENTRY[ssh]=$p1 ECHO_ENTRY[ssh]=$p2
+	fwd_args() { printf '%s\n' -L "127.0.0.1:$2:127.0.0.1:${TARGET_PORT[$1]}"; }
+	FWD_CMD=(ssh -N "${SSH_OPTS[@]}" -o ExitOnForwardFailure=yes -c aes128-gcm@openssh.com
+		-p "$SSHD_PORT" "$USER_NAME@127.0.0.1")
+	start_forwarder ssh ssh-L
 	# The client, and sshd with the children that serve the connection.
-	CPU_PIDS[ssh]=${PROC_PID[ssh-L-$attempt]},${PROC_PID[$SSHD_NAME]}
+	CPU_PIDS[ssh]=${PROC_PID[$FWD_NAME]},${PROC_PID[$SSHD_NAME]}
 fi
 
 # ---------------------------------------------------------------- dsproxy
 
-if want_path dsproxy; then
-	HUB_DIR=$WORK/hub
-	CA=$HUB_DIR/tls/ca.pem
-	start_hub dsproxy-hub "$HUB_DIR" 127.0.0.1 --log-format json || die "dsproxy hub did not start"
-	CLIENT=(--connection-string-file "$HUB_DIR/iothubowner.connection-string" --ca-file "$CA")
-	DEV_CS=$("$BIN" devices add "${CLIENT[@]}" bench 2>"$LOGS/devices-cli.log") || die "dsproxy devices add bench failed"
-	(umask 077 && printf '%s\n' "$DEV_CS" >"$WORK/device.cs")
+# Raised far above what the rows make, so that the hub's stream rate
+# limiter is not what setup-parallel measures.
+HUB_LIMITS=(--stream-rate 1000000 --stream-burst 1000000)
+
+# mode_args PATH: the service flags of a dsproxy path.
+mode_args() {
+	[[ -n $MODES ]] || return 0
+	case $1 in
+	dsproxy) printf '%s\n' --mode per-stream ;;
+	dsproxy-session) printf '%s\n' --mode session ;;
+	esac
+}
+
+# start_dsproxy_world NAME HOST DEVICE-ID TARGET...: a hub on HOST with data
+# in WORK/NAME, a device DEVICE-ID registered in it and connected, with
+# --target TARGET... Sets WORLD_HUB (the hub's process name), WORLD_DEVICE
+# and WORLD_CLIENT (the flags a service proxy needs).
+start_dsproxy_world() {
+	local name=$1 host=$2 id=$3 dir=$WORK/$1 cs
+	shift 3
+	start_hub "dsproxy-$name" "$dir" "$host" --log-format json "${HUB_LIMITS[@]}" || die "dsproxy hub $name did not start"
+	WORLD_HUB=$HUB_NAME
+	WORLD_CLIENT=(--connection-string-file "$dir/iothubowner.connection-string" --ca-file "$dir/tls/ca.pem")
+	cs=$("$BIN" devices add "${WORLD_CLIENT[@]}" "$id" 2>>"$LOGS/devices-cli.log") || die "dsproxy devices add $id failed"
+	(umask 077 && printf '%s\n' "$cs" >"$WORK/$id.cs")
 	device_connected() {
-		"$BIN" devices show --json "${CLIENT[@]}" bench 2>>"$LOGS/devices-cli.log" | grep -q '"connectionState": *"Connected"'
+		"$BIN" devices show --json "${WORLD_CLIENT[@]}" "$id" 2>>"$LOGS/devices-cli.log" | grep -q '"connectionState": *"Connected"'
 	}
-	start dsproxy-device "$BIN" device --connection-string-file "$WORK/device.cs" --ca-file "$CA" \
-		--target "sink=127.0.0.1:$SINK_PORT" --target "echo=127.0.0.1:$ECHO_PORT" --log-format json
-	wait_for "device connected" 20 dsproxy-device device_connected || die "dsproxy device did not connect"
-	SVC_NAME=
-	for attempt in 1 2 3 4 5; do
-		p1=$(free_port)
-		p2=$(free_port)
-		start "dsproxy-service-$attempt" "$BIN" service "${CLIENT[@]}" --device-id bench \
-			--forward "127.0.0.1:$p1=sink" --forward "127.0.0.1:$p2=echo" --log-format json
-		if wait_for "service on ports $p1 and $p2" 15 "dsproxy-service-$attempt" port_open "$p1" &&
-			wait_for "second forward" 5 "dsproxy-service-$attempt" port_open "$p2"; then
-			SVC_NAME=dsproxy-service-$attempt
-			break
-		fi
-		bind_failed "dsproxy-service-$attempt" || die "dsproxy service did not start"
+	WORLD_DEVICE=dsproxy-device-$name
+	start "$WORLD_DEVICE" "$BIN" device --connection-string-file "$WORK/$id.cs" --ca-file "$dir/tls/ca.pem" "$@" --log-format json
+	wait_for "device $id connected" 20 "$WORLD_DEVICE" device_connected || die "dsproxy device $id did not connect"
+}
+
+if want_path dsproxy || want_path dsproxy-session; then
+	targets=()
+	for t in "${TARGETS[@]}"; do targets+=(--target "$t=127.0.0.1:${TARGET_PORT[$t]}"); done
+	start_dsproxy_world hub 127.0.0.1 bench "${targets[@]}"
+	fwd_args() { printf '%s\n' --forward "127.0.0.1:$2=$1"; }
+	for path in dsproxy dsproxy-session; do
+		want_path "$path" || continue
+		mapfile -t mode < <(mode_args "$path")
+		FWD_CMD=("$BIN" service "${WORLD_CLIENT[@]}" --device-id bench "${mode[@]}" --log-format json)
+		start_forwarder "$path" "$path-service"
+		CPU_PIDS[$path]=${PROC_PID[$WORLD_HUB]},${PROC_PID[$WORLD_DEVICE]},${PROC_PID[$FWD_NAME]}
 	done
-	[[ -n $SVC_NAME ]] || die "service: no free ports after 5 attempts"
-	SINK_ENTRY[dsproxy]=$p1 ECHO_ENTRY[dsproxy]=$p2
-	CPU_PIDS[dsproxy]=${PROC_PID[$HUB_NAME]},${PROC_PID[dsproxy-device]},${PROC_PID[$SVC_NAME]}
+fi
+
+# ---------------------------------------------------------------- rtt
+
+# The long-round-trip row's topology: the engineer's side (the dialing
+# client, the service proxy, the ssh client) in a network namespace of its
+# own; the far side (hub, device, sshd, echo target) in this one, all near
+# each other. Between them, one link that adds --rtt-ms of round trip. See
+# docs/benchmarks.md for why.
+declare -A RTT_ADDR=()
+if want_row rtt; then
+	NS=dsproxy-bench-$$
+	octet=
+	for o in $(seq 0 254); do
+		if ! ip -4 addr show | grep -q " 10\.77\.$o\."; then octet=$o; break; fi
+	done
+	[[ -n $octet ]] || die "rtt: no free 10.77.x.0 subnet"
+	FAR=10.77.$octet.1 NEAR=10.77.$octet.2
+	LINK_DEV=dsb$$a
+	peer=dsb$$b
+	half_us=$((RTT_MS * 500))
+	ip netns add "$NS" || die "ip netns add $NS failed"
+	if [[ $RTT_LINK == netem ]]; then
+		ip link add "$LINK_DEV" type veth peer name "$peer" || die "ip link add veth failed"
+	else
+		start rtt-link "$BT" delay --tun-a "$LINK_DEV" --tun-b "$peer" --delay "${half_us}us"
+		wait_for "delayed TUN link" 10 rtt-link grep -q ready "$LOGS/rtt-link.out" || die "benchtool delay did not start"
+	fi
+	ip link set "$peer" netns "$NS"
+	ip addr add "$FAR" peer "$NEAR" dev "$LINK_DEV"
+	ip link set "$LINK_DEV" up
+	ip netns exec "$NS" ip addr add "$NEAR" peer "$FAR" dev "$peer"
+	ip netns exec "$NS" ip link set "$peer" up
+	ip netns exec "$NS" ip link set lo up
+	if [[ $RTT_LINK == netem ]]; then
+		tc qdisc add dev "$LINK_DEV" root netem delay "${half_us}us"
+		ip netns exec "$NS" tc qdisc add dev "$peer" root netem delay "${half_us}us"
+	fi
+	log "rtt: namespace $NS ($NEAR) ↔ $FAR here, $RTT_MS ms round trip ($RTT_LINK)"
+	in_ns() { ip netns exec "$NS" "$@"; }
+	ns_port_open() { in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+	# direct dials an echo server on the far side's address; the far side's
+	# sshd and device reach the usual echo server on 127.0.0.1.
+	start_server echo "$FAR"
+	RTT_ADDR[direct]=$FAR:$PORT
+	# Ports inside the namespace: nothing else listens there.
+	ns_port=7000
+	if want_path ssh; then
+		port=$(free_port)
+		start sshd-far "$SSHD" -D -e -f "$WORK/sshd/config" -p "$port" -o "ListenAddress=$FAR"
+		wait_for "sshd on $FAR:$port" 10 sshd-far port_open "$port" "$FAR" || die "sshd on $FAR did not start"
+		ns_port=$((ns_port + 1))
+		start ssh-L-far ip netns exec "$NS" ssh -N "${SSH_OPTS[@]}" -o ExitOnForwardFailure=yes \
+			-c aes128-gcm@openssh.com -p "$port" -L "127.0.0.1:$ns_port:127.0.0.1:${TARGET_PORT[echo]}" "$USER_NAME@$FAR"
+		wait_for "ssh -L in $NS" 15 ssh-L-far ns_port_open "$ns_port" || die "ssh -L across the link did not start"
+		RTT_ADDR[ssh]=127.0.0.1:$ns_port
+	fi
+	if want_path dsproxy || want_path dsproxy-session; then
+		start_dsproxy_world hub-far "$FAR" bench-far --target "echo=127.0.0.1:${TARGET_PORT[echo]}"
+		for path in dsproxy dsproxy-session; do
+			want_path "$path" || continue
+			ns_port=$((ns_port + 1))
+			mapfile -t mode < <(mode_args "$path")
+			start "$path-service-far" ip netns exec "$NS" "$BIN" service "${WORLD_CLIENT[@]}" --device-id bench-far \
+				"${mode[@]}" --forward "127.0.0.1:$ns_port=echo" --log-format json
+			wait_for "$path service in $NS" 15 "$path-service-far" ns_port_open "$ns_port" || die "$path service across the link did not start"
+			RTT_ADDR[$path]=127.0.0.1:$ns_port
+		done
+	fi
 fi
 
 # ---------------------------------------------------------------- measuring
@@ -199,29 +420,73 @@ fi
 SAMPLES=$WORK/samples.jsonl
 : >"$SAMPLES"
 
-# measure ROW PATH ROUND [SIZE CONNS]: one benchtool client run; appends its
+# bt ROUND LABEL BENCHTOOL-ARGS...: one benchtool client run; appends its
 # sample line to SAMPLES unless ROUND is 0 (the check before the rounds).
-measure() {
-	local row=$1 path=$2 round=$3 size=${4:-$NBYTES} conns=${5:-$CONNS} out
-	local args=(--path "$path" --round "$round")
-	if [[ $row == throughput ]]; then
-		args+=(--addr "127.0.0.1:${SINK_ENTRY[$path]}" --bytes "$size" --pids "${CPU_PIDS[$path]}")
-	else
-		args+=(--addr "127.0.0.1:${ECHO_ENTRY[$path]}" --conns "$conns")
-	fi
-	out=$("$BT" "$row" "${args[@]}" 2>"$LOGS/benchtool-$row.err") ||
-		die "$row through $path (round $round): $(cat "$LOGS/benchtool-$row.err")"
+bt() {
+	local round=$1 label=$2 out
+	shift 2
+	out=$("$@" 2>"$LOGS/benchtool-client.err") ||
+		die "$label (round $round): $(cat "$LOGS/benchtool-client.err")"
 	if ((round > 0)); then
 		printf '%s\n' "$out" >>"$SAMPLES"
-		log "round $round $row $path: $(sed -E 's/.*"metrics":\{([^}]*)\}.*/\1/' <<<"$out")"
+		log "round $round $label: $(sed -E 's/.*"metrics":\{([^}]*)\}.*/\1/' <<<"$out")"
 	fi
 }
 
-# Every path once, small, before the rounds: a broken path fails here, and
-# no round pays for first use.
+# measure ROW PATH ROUND: every benchtool run of ROW through PATH. Round 0
+# is small: it proves the path carries the row before the rounds start.
+measure() {
+	local row=$1 path=$2 round=$3 small=
+	((round > 0)) || small=1
+	local at=127.0.0.1 bytes=$BYTES sbytes=$STALL_BYTES
+	[[ -z $small ]] || bytes=16MiB sbytes=8MiB
+	local c=(--path "$path" --round "$round")
+	local cpu=(--pids "${CPU_PIDS[$path]}")
+	entry() { printf '%s:%s' "$at" "${ENTRY[$path/$1]}"; }
+	case $row in
+	upload) bt "$round" "upload $path" "$BT" throughput --row upload "${c[@]}" "${cpu[@]}" --addr "$(entry sink)" --bytes "$bytes" ;;
+	download) bt "$round" "download $path" "$BT" throughput --row download --dir down "${c[@]}" "${cpu[@]}" --addr "$(entry source)" --bytes "$bytes" ;;
+	parallel) bt "$round" "parallel $path" "$BT" throughput --row parallel --streams 4 "${c[@]}" "${cpu[@]}" --addr "$(entry sink)" --bytes "$bytes" ;;
+	iperf3)
+		local t=$IPERF3_TIME
+		[[ -z $small ]] || t=1
+		bt "$round" "iperf3 up $path" "$BT" iperf3 --row iperf3-up "${c[@]}" "${cpu[@]}" --addr "$(entry iperf3)" --time "${t}s"
+		[[ -n $small ]] && return
+		bt "$round" "iperf3 -R $path" "$BT" iperf3 --row iperf3-down --reverse "${c[@]}" "${cpu[@]}" --addr "$(entry iperf3)" --time "${t}s"
+		bt "$round" "iperf3 -P 4 $path" "$BT" iperf3 --row iperf3-p4 --parallel 4 "${c[@]}" "${cpu[@]}" --addr "$(entry iperf3)" --time "${t}s"
+		;;
+	setup)
+		local n=$CONNS
+		[[ -z $small ]] || n=50
+		bt "$round" "setup $path" "$BT" setup --row setup "${c[@]}" --addr "$(entry echo)" --conns "$n"
+		;;
+	setup-parallel)
+		local d=${PARALLEL_TIME}s
+		[[ -z $small ]] || d=500ms
+		bt "$round" "setup-parallel $path" "$BT" setup --row setup-parallel "${c[@]}" --addr "$(entry echo)" \
+			--clients "$CLIENTS" --duration "$d"
+		;;
+	stall)
+		bt "$round" "stall up $path" "$BT" stall --row stall-up --dir up "${c[@]}" \
+			--addr "$(entry sink)" --stall-addr "$(entry hold)" --bytes "$sbytes"
+		bt "$round" "stall down $path" "$BT" stall --row stall-down --dir down "${c[@]}" \
+			--addr "$(entry source)" --stall-addr "$(entry source)" --bytes "$sbytes"
+		;;
+	rtt)
+		local n=$RTT_CONNS
+		[[ -z $small ]] || n=2
+		bt "$round" "rtt $path" ip netns exec "$NS" "$BT" setup --row rtt "${c[@]}" --addr "${RTT_ADDR[$path]}" \
+			--conns "$n" --rtt-ms "$RTT_MS"
+		;;
+	*) die "measure: unknown row $row" ;;
+	esac
+}
+
+# Every path and row once, small, before the rounds: a broken path fails
+# here, and no round pays for first use.
 for path in "${PATH_LIST[@]}"; do
-	for row in "${ROWS[@]}"; do measure "$row" "$path" 0 64M 50; done
-	pass "$path carries a throughput and a setup run"
+	for row in "${ROWS[@]}"; do measure "$row" "$path" 0; done
+	pass "$path carries ${ROWS[*]}"
 done
 
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -240,7 +505,28 @@ COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ $COMMIT != unknown && -n $(cd "$ROOT" && git status --porcelain 2>/dev/null) ]]; then
 	COMMIT+="-dirty"
 fi
+params=(--param "rows=${ROWS[*]}")
+for r in "${ROWS[@]}"; do
+	case $r in
+	upload | download | parallel) params+=(--param "bytes=$BYTES per run (parallel: over 4 streams)") ;;
+	iperf3) params+=(--param "iperf3-time=${IPERF3_TIME} s per run (iperf3 $(iperf3 --version | sed -n '1s/^iperf \([^ ]*\).*/\1/p'))") ;;
+	setup) params+=(--param "conns=$CONNS sequential setups (dial, echo 1 byte, close)") ;;
+	setup-parallel) params+=(--param "clients=$CLIENTS parallel clients for $PARALLEL_TIME s") ;;
+	stall) params+=(--param "stall-bytes=$STALL_BYTES for stream B") ;;
+	rtt)
+		params+=(--param "rtt=$RTT_MS ms round trip added between the engineer's side and the rest")
+		params+=(--param "rtt-link=$([[ $RTT_LINK == netem ]] && echo "tc netem delay $((RTT_MS / 2)) ms on each end of a veth pair" || echo "benchtool delay: a TUN pair, $((RTT_MS / 2)) ms each way (no sch_netem in this kernel)")")
+		params+=(--param "rtt-conns=$RTT_CONNS sequential setups per run")
+		params+=(--param "topology=client, service proxy, ssh client | link | hub, device, sshd, target")
+		;;
+	esac
+done
+if want_path dsproxy || want_path dsproxy-session; then
+	params+=(--param "hub-limits=${HUB_LIMITS[*]} (so that the rate limiter is not measured)")
+fi
+notes=()
+for n in "${NOTES[@]}"; do notes+=(--note "$n"); done
 "$BT" report --samples "$SAMPLES" --json "$JSON_OUT" --go "$(go version | sed 's/^go version //')" \
-	--commit "$COMMIT" --rounds "$ROUNDS" --bytes "$NBYTES" --conns "$CONNS" --paths "$PATHS" >&3 ||
+	--commit "$COMMIT" --rounds "$ROUNDS" --paths "$PATHS" "${params[@]}" "${notes[@]}" >&3 ||
 	die "benchtool report failed"
 log "raw results in $JSON_OUT"
