@@ -216,6 +216,9 @@ func scanPgDevice(row pgx.Row) (Device, error) {
 }
 
 func (s *postgresStore) GetDevice(ctx context.Context, id string) (Device, error) {
+	if !isText(id) {
+		return Device{}, fmt.Errorf("get device %q: %w", id, ErrNotFound)
+	}
 	d, err := scanPgDevice(s.pool.QueryRow(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Device{}, fmt.Errorf("get device %q: %w", id, ErrNotFound)
@@ -250,10 +253,17 @@ func (s *postgresStore) CreateDevice(ctx context.Context, d Device) (Device, err
 	if d.ID == "" {
 		return Device{}, errors.New("create device: empty device id")
 	}
+	if !isText(d.ID) {
+		return Device{}, fmt.Errorf("create device %q: device id: %w", d.ID, ErrInvalidText)
+	}
 	var err error
 	if d.Status, err = checkStatus(d.Status); err != nil {
 		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
+	if err := checkKeys(d.PrimaryKey, d.SecondaryKey); err != nil {
+		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
+	}
+	d.StatusReason = cleanText(d.StatusReason)
 	if d.ETag, err = newETag(); err != nil {
 		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
@@ -280,6 +290,13 @@ func (s *postgresStore) UpdateDevice(ctx context.Context, d Device, ifMatch stri
 	if d.Status, err = checkStatus(d.Status); err != nil {
 		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
 	}
+	if err := checkKeys(d.PrimaryKey, d.SecondaryKey); err != nil {
+		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
+	}
+	if !isText(d.ID) {
+		return Device{}, fmt.Errorf("update device %q: %w", d.ID, ErrNotFound)
+	}
+	d.StatusReason = cleanText(d.StatusReason)
 	etag, err := newETag()
 	if err != nil {
 		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
@@ -299,6 +316,9 @@ func (s *postgresStore) UpdateDevice(ctx context.Context, d Device, ifMatch stri
 }
 
 func (s *postgresStore) DeleteDevice(ctx context.Context, id string, ifMatch string) error {
+	if !isText(id) {
+		return fmt.Errorf("delete device %q: %w", id, ErrNotFound)
+	}
 	tag, err := s.pool.Exec(ctx, `DELETE FROM devices WHERE id = $1 AND ($2::text IS NULL OR etag = $2)`,
 		id, wantETag(ifMatch))
 	if err == nil && tag.RowsAffected() == 0 {
@@ -311,11 +331,14 @@ func (s *postgresStore) DeleteDevice(ctx context.Context, id string, ifMatch str
 }
 
 // wantETag is the ETag a conditional statement must find, or nil (SQL
-// NULL) for an unconditional one, by the rules of etagMatches.
+// NULL) for an unconditional one, by the rules of etagMatches. An ifMatch
+// that is not text matches no ETag; cleaned, it still matches none, and
+// PostgreSQL takes it.
 func wantETag(ifMatch string) *string {
 	if ifMatch == "" || ifMatch == "*" {
 		return nil
 	}
+	ifMatch = cleanText(ifMatch)
 	if len(ifMatch) >= 2 && ifMatch[0] == '"' && ifMatch[len(ifMatch)-1] == '"' {
 		ifMatch = ifMatch[1 : len(ifMatch)-1]
 	}
@@ -337,6 +360,9 @@ func (s *postgresStore) whyUnchanged(ctx context.Context, id string) error {
 }
 
 func (s *postgresStore) GetPolicy(ctx context.Context, name string) (Policy, error) {
+	if !isText(name) {
+		return Policy{}, fmt.Errorf("get policy %q: %w", name, ErrNotFound)
+	}
 	p, err := scanPgPolicy(s.pool.QueryRow(ctx, `SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Policy{}, fmt.Errorf("get policy %q: %w", name, ErrNotFound)
@@ -379,6 +405,9 @@ func (s *postgresStore) PutPolicy(ctx context.Context, p Policy) error {
 	if p.Name == "" {
 		return errors.New("put policy: empty policy name")
 	}
+	if err := checkPolicy(p); err != nil {
+		return fmt.Errorf("put policy %q: %w", p.Name, err)
+	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO policies (name, primary_key, secondary_key, rights)
 		VALUES ($1, $2, $3, $4)
 		ON CONFLICT (name) DO UPDATE SET
@@ -397,6 +426,9 @@ func (s *postgresStore) createPolicy(ctx context.Context, p Policy) error {
 	if p.Name == "" {
 		return errors.New("create policy: empty policy name")
 	}
+	if err := checkPolicy(p); err != nil {
+		return fmt.Errorf("create policy %q: %w", p.Name, err)
+	}
 	tag, err := s.pool.Exec(ctx, `INSERT INTO policies (name, primary_key, secondary_key, rights)
 		VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING`,
 		p.Name, p.PrimaryKey, p.SecondaryKey, int16(p.Rights))
@@ -410,6 +442,7 @@ func (s *postgresStore) createPolicy(ctx context.Context, p Policy) error {
 }
 
 func (s *postgresStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
+	e = cleanEvent(e)
 	_, err := s.pool.Exec(ctx, `INSERT INTO stream_events
 		(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
@@ -424,6 +457,7 @@ func (s *postgresStore) AddStreamEvent(ctx context.Context, e StreamEvent) error
 func (s *postgresStore) StreamEvents(ctx context.Context, f EventFilter) ([]StreamEvent, error) {
 	q := `SELECT id, stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration
 		FROM stream_events`
+	f.DeviceID = cleanText(f.DeviceID)
 	var where []string
 	var args []any
 	if f.DeviceID != "" {

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Errors returned by a [Store], wrapped; test for them with [errors.Is].
@@ -31,6 +32,9 @@ var (
 	// ErrUnavailable means the store's database could not be reached when
 	// it was opened: no server, credentials refused, no such database.
 	ErrUnavailable = errors.New("database unavailable")
+	// ErrInvalidText means a device ID, policy name or key is not text a
+	// store can keep (see [Store]).
+	ErrInvalidText = errors.New("not UTF-8 text without NUL bytes")
 )
 
 // Rights is the set of permissions a shared access policy grants, as in
@@ -140,6 +144,15 @@ const defaultEventLimit = 1000
 
 // Store is the hub's registry. It is safe for concurrent use.
 //
+// Strings are kept as given when they are UTF-8 without NUL bytes, which is
+// what PostgreSQL's text holds; every store treats other strings alike. A
+// device ID, policy name or key that is not such text is refused with
+// ErrInvalidText when it would be stored, and names no device or policy
+// when it is looked up (ErrNotFound). Free text (a device's StatusReason,
+// the strings of a StreamEvent, an EventFilter's DeviceID) is stored with
+// invalid bytes and NULs replaced by U+FFFD, so that a peer's odd bytes
+// never cost an event.
+//
 // Errors are wrapped with the operation and the device ID or policy name;
 // they never contain keys.
 type Store interface {
@@ -182,4 +195,46 @@ type Store interface {
 
 	// Close releases the store. Calls made after Close fail.
 	Close() error
+}
+
+// isText reports whether s is UTF-8 without NUL bytes: a string every
+// store keeps as given.
+func isText(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }
+
+// cleanText is s with each run of invalid bytes, and each NUL, replaced by
+// U+FFFD.
+func cleanText(s string) string {
+	if isText(s) {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
+// checkKeys returns ErrInvalidText, saying which, if a key is not text. It
+// never shows the key.
+func checkKeys(primary, secondary string) error {
+	if !isText(primary) {
+		return fmt.Errorf("primary key: %w", ErrInvalidText)
+	}
+	if !isText(secondary) {
+		return fmt.Errorf("secondary key: %w", ErrInvalidText)
+	}
+	return nil
+}
+
+// checkPolicy returns ErrInvalidText, saying which, if p's name or a key
+// is not text.
+func checkPolicy(p Policy) error {
+	if !isText(p.Name) {
+		return fmt.Errorf("policy name: %w", ErrInvalidText)
+	}
+	return checkKeys(p.PrimaryKey, p.SecondaryKey)
+}
+
+// cleanEvent applies cleanText to the strings of e.
+func cleanEvent(e StreamEvent) StreamEvent {
+	for _, p := range []*string{&e.StreamID, &e.DeviceID, &e.Policy, &e.Name, &e.Result, &e.Reason} {
+		*p = cleanText(*p)
+	}
+	return e
 }

@@ -215,6 +215,9 @@ func scanDevice(row scanner) (Device, error) {
 }
 
 func (s *sqliteStore) GetDevice(ctx context.Context, id string) (Device, error) {
+	if !isText(id) {
+		return Device{}, fmt.Errorf("get device %q: %w", id, ErrNotFound)
+	}
 	d, err := scanDevice(s.r.QueryRowContext(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("get device %q: %w", id, ErrNotFound)
@@ -249,10 +252,17 @@ func (s *sqliteStore) CreateDevice(ctx context.Context, d Device) (Device, error
 	if d.ID == "" {
 		return Device{}, errors.New("create device: empty device id")
 	}
+	if !isText(d.ID) {
+		return Device{}, fmt.Errorf("create device %q: device id: %w", d.ID, ErrInvalidText)
+	}
 	var err error
 	if d.Status, err = checkStatus(d.Status); err != nil {
 		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
+	if err := checkKeys(d.PrimaryKey, d.SecondaryKey); err != nil {
+		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
+	}
+	d.StatusReason = cleanText(d.StatusReason)
 	if d.ETag, err = newETag(); err != nil {
 		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
@@ -281,6 +291,13 @@ func (s *sqliteStore) UpdateDevice(ctx context.Context, d Device, ifMatch string
 	if d.Status, err = checkStatus(d.Status); err != nil {
 		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
 	}
+	if err := checkKeys(d.PrimaryKey, d.SecondaryKey); err != nil {
+		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
+	}
+	if !isText(d.ID) {
+		return Device{}, fmt.Errorf("update device %q: %w", d.ID, ErrNotFound)
+	}
+	d.StatusReason = cleanText(d.StatusReason)
 	etag, err := newETag()
 	if err != nil {
 		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
@@ -307,6 +324,9 @@ func (s *sqliteStore) UpdateDevice(ctx context.Context, d Device, ifMatch string
 }
 
 func (s *sqliteStore) DeleteDevice(ctx context.Context, id string, ifMatch string) error {
+	if !isText(id) {
+		return fmt.Errorf("delete device %q: %w", id, ErrNotFound)
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("delete device %q: %w", id, err)
@@ -342,6 +362,9 @@ func checkETag(ctx context.Context, tx *sql.Tx, id, ifMatch string) error {
 }
 
 func (s *sqliteStore) GetPolicy(ctx context.Context, name string) (Policy, error) {
+	if !isText(name) {
+		return Policy{}, fmt.Errorf("get policy %q: %w", name, ErrNotFound)
+	}
 	var p Policy
 	err := s.r.QueryRowContext(ctx, `SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?`, name).
 		Scan(&p.Name, &p.PrimaryKey, &p.SecondaryKey, &p.Rights)
@@ -378,6 +401,9 @@ func (s *sqliteStore) PutPolicy(ctx context.Context, p Policy) error {
 	if p.Name == "" {
 		return errors.New("put policy: empty policy name")
 	}
+	if err := checkPolicy(p); err != nil {
+		return fmt.Errorf("put policy %q: %w", p.Name, err)
+	}
 	_, err := s.w.ExecContext(ctx, `INSERT INTO policies (name, primary_key, secondary_key, rights)
 		VALUES (?, ?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET
@@ -396,6 +422,9 @@ func (s *sqliteStore) createPolicy(ctx context.Context, p Policy) error {
 	if p.Name == "" {
 		return errors.New("create policy: empty policy name")
 	}
+	if err := checkPolicy(p); err != nil {
+		return fmt.Errorf("create policy %q: %w", p.Name, err)
+	}
 	res, err := s.w.ExecContext(ctx, `INSERT INTO policies (name, primary_key, secondary_key, rights)
 		VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING`,
 		p.Name, p.PrimaryKey, p.SecondaryKey, p.Rights)
@@ -411,6 +440,7 @@ func (s *sqliteStore) createPolicy(ctx context.Context, p Policy) error {
 }
 
 func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
+	e = cleanEvent(e)
 	_, err := s.w.ExecContext(ctx, `INSERT INTO stream_events
 		(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -425,6 +455,7 @@ func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
 func (s *sqliteStore) StreamEvents(ctx context.Context, f EventFilter) ([]StreamEvent, error) {
 	q := `SELECT id, stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration
 		FROM stream_events`
+	f.DeviceID = cleanText(f.DeviceID)
 	var where []string
 	var args []any
 	if f.DeviceID != "" {

@@ -39,6 +39,7 @@ func testStore(t *testing.T, fresh func(t *testing.T) opener) {
 		{"PruneStreamEvents", testPruneStreamEvents},
 		{"ConcurrentCreates", testConcurrentCreates},
 		{"NoKeysInErrors", testNoKeysInErrors},
+		{"Text", testText},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -699,6 +700,80 @@ func testNoKeysInErrors(t *testing.T, s registry.Store) {
 		if strings.Contains(err.Error(), key) {
 			t.Errorf("error %q contains a key", err)
 		}
+	}
+}
+
+// testText checks what stores do with strings that are not UTF-8 text
+// without NULs, which PostgreSQL cannot hold: identifiers and keys are
+// refused, free text is kept with U+FFFD in place of the bad bytes.
+func testText(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	const ok = "ünï-ök"
+	bad := []string{"a\x00b", "a\xffb", "\xc3"}
+	for _, b := range bad {
+		if _, err := s.CreateDevice(ctx, registry.Device{ID: b}); !errors.Is(err, registry.ErrInvalidText) {
+			t.Errorf("CreateDevice(ID %q): %v, want ErrInvalidText", b, err)
+		}
+		if _, err := s.CreateDevice(ctx, registry.Device{ID: "d", PrimaryKey: b}); !errors.Is(err, registry.ErrInvalidText) || strings.Contains(err.Error(), b) {
+			t.Errorf("CreateDevice(PrimaryKey %q): %v, want ErrInvalidText without the key", b, err)
+		}
+		if _, err := s.GetDevice(ctx, b); !errors.Is(err, registry.ErrNotFound) {
+			t.Errorf("GetDevice(%q): %v, want ErrNotFound", b, err)
+		}
+		if _, err := s.UpdateDevice(ctx, registry.Device{ID: b}, ""); !errors.Is(err, registry.ErrNotFound) {
+			t.Errorf("UpdateDevice(%q): %v, want ErrNotFound", b, err)
+		}
+		if err := s.DeleteDevice(ctx, b, ""); !errors.Is(err, registry.ErrNotFound) {
+			t.Errorf("DeleteDevice(%q): %v, want ErrNotFound", b, err)
+		}
+		if err := s.PutPolicy(ctx, registry.Policy{Name: b}); !errors.Is(err, registry.ErrInvalidText) {
+			t.Errorf("PutPolicy(name %q): %v, want ErrInvalidText", b, err)
+		}
+		if err := s.PutPolicy(ctx, registry.Policy{Name: "p", SecondaryKey: b}); !errors.Is(err, registry.ErrInvalidText) {
+			t.Errorf("PutPolicy(SecondaryKey %q): %v, want ErrInvalidText", b, err)
+		}
+		if _, err := s.GetPolicy(ctx, b); !errors.Is(err, registry.ErrNotFound) {
+			t.Errorf("GetPolicy(%q): %v, want ErrNotFound", b, err)
+		}
+	}
+	if _, err := s.GetPolicy(ctx, "p"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("a refused PutPolicy stored the policy: %v", err)
+	}
+
+	d, err := s.CreateDevice(ctx, registry.Device{ID: ok, StatusReason: "x\x00y\xffz " + ok})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	const cleaned = "x\uFFFDy\uFFFDz " + ok
+	if got, err := s.GetDevice(ctx, ok); err != nil || got.StatusReason != cleaned || d.StatusReason != cleaned {
+		t.Errorf("StatusReason = %q (returned %q), %v; want %q", got.StatusReason, d.StatusReason, err, cleaned)
+	}
+	if _, err := s.UpdateDevice(ctx, registry.Device{ID: ok}, "\xff"); !errors.Is(err, registry.ErrPrecondition) {
+		t.Errorf("UpdateDevice with If-Match \\xff: %v, want ErrPrecondition", err)
+	}
+	d, err = s.UpdateDevice(ctx, registry.Device{ID: ok, StatusReason: "\x00"}, d.ETag)
+	if err != nil || d.StatusReason != "\uFFFD" {
+		t.Errorf("UpdateDevice = %q, %v; want StatusReason U+FFFD", d.StatusReason, err)
+	}
+	if err := s.DeleteDevice(ctx, ok, "a\x00"); !errors.Is(err, registry.ErrPrecondition) {
+		t.Errorf("DeleteDevice with If-Match a\\x00: %v, want ErrPrecondition", err)
+	}
+
+	e := registry.StreamEvent{StreamID: "s\x00", DeviceID: "d\xff", Policy: "p\x00", Name: "n\xff",
+		Result: "r\x00", Reason: "device said \x00\xfe\xff", Started: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if err := s.AddStreamEvent(ctx, e); err != nil {
+		t.Fatalf("AddStreamEvent with odd bytes: %v", err)
+	}
+	es, err := s.StreamEvents(ctx, registry.EventFilter{DeviceID: "d\xff"})
+	if err != nil || len(es) != 1 {
+		t.Fatalf("StreamEvents(DeviceID d\\xff) = %d events, %v; want 1", len(es), err)
+	}
+	got := es[0]
+	want := registry.StreamEvent{ID: got.ID, StreamID: "s\uFFFD", DeviceID: "d\uFFFD", Policy: "p\uFFFD", Name: "n\uFFFD",
+		Result: "r\uFFFD", Reason: "device said \uFFFD\uFFFD", Started: e.Started}
+	got.Started = got.Started.UTC()
+	if got != want {
+		t.Errorf("event = %+v, want %+v", got, want)
 	}
 }
 
