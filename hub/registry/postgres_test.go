@@ -18,7 +18,7 @@ import (
 
 // freshPostgres is a new, empty schema in the test database
 // (pgtest.ServerEnv), dropped at cleanup.
-func freshPostgres(t *testing.T) opener {
+func freshPostgres(t testing.TB) opener {
 	u := pgtest.URL(t)
 	return func() (registry.Store, error) { return registry.OpenPostgres(testCtx(t), u) }
 }

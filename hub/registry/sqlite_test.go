@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 }
 
 // freshSQLite is a new registry.db in the test's temporary directory.
-func freshSQLite(t *testing.T) opener {
+func freshSQLite(t testing.TB) opener {
 	path := filepath.Join(t.TempDir(), "registry.db")
 	return func() (registry.Store, error) { return registry.OpenSQLite(path) }
 }

@@ -20,7 +20,7 @@ type opener func() (registry.Store, error)
 
 // testStore is the contract every Store implementation must meet. fresh
 // returns an opener of a new, empty database of the test's own.
-func testStore(t *testing.T, fresh func(t *testing.T) opener) {
+func testStore(t *testing.T, fresh func(t testing.TB) opener) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s registry.Store)
@@ -64,7 +64,7 @@ func testStore(t *testing.T, fresh func(t *testing.T) opener) {
 }
 
 // mustOpen opens a store and closes it at cleanup.
-func mustOpen(t *testing.T, open opener) registry.Store {
+func mustOpen(t testing.TB, open opener) registry.Store {
 	t.Helper()
 	s, err := open()
 	if err != nil {
@@ -78,7 +78,7 @@ func mustOpen(t *testing.T, open opener) registry.Store {
 	return s
 }
 
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx

@@ -50,8 +50,14 @@ pg_as_owner() {
 	fi
 }
 
+# pg_free_port asks the kernel for a free port on 127.0.0.1.
 pg_free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+	if command -v python3 >/dev/null; then
+		python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+	else
+		# shellcheck disable=SC2016 # perl code, not shell
+		perl -MIO::Socket::INET -e 'my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 1) or die "bind: $!"; print $s->sockport, "\n"'
+	fi
 }
 
 postgres_start() {
