@@ -22,11 +22,15 @@
 #
 # The Markdown table goes to stdout; progress and logs to stderr.
 #
+# It measures the committed HEAD of this checkout (exported with git archive
+# and built in the work directory), so that uncommitted changes in the tree
+# do not end up in the figures; --worktree builds the tree as it is.
+#
 # Usage: scripts/bench-scale.sh [--devices N] [--streams N] [--quick]
 #                               [--only devices|streams] [--no-restart]
-#                               [--json FILE]
+#                               [--worktree] [--json FILE]
 # Environment:
-#   DSPROXY_BIN   the dsproxy binary to measure (default: built from this checkout)
+#   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
 #   E2E_KEEP=1    keep the work directory (its path is printed)
 #
 # Needs: bash, coreutils, Go, curl or a bash with /dev/tcp, python3 or perl
@@ -39,6 +43,7 @@ STREAMS=10000
 GC_WAIT=130s
 ONLY=
 RESTART=1
+WORKTREE=
 JSON_OUT=bench-scale-results.json
 
 usage() {
@@ -52,6 +57,7 @@ while (($# > 0)); do
 	--quick) DEVICES=500 STREAMS=300 GC_WAIT=5s; shift ;;
 	--only) ONLY=${2:?}; shift 2 ;;
 	--no-restart) RESTART=; shift ;;
+	--worktree) WORKTREE=1; shift ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	-h | --help) usage ;;
 	*) printf 'bench-scale: unknown argument %q\n' "$1" >&2; usage ;;
@@ -104,9 +110,30 @@ if want_row streams && ((2 * STREAMS + 100 > FILES)); then
 	die "--streams $STREAMS needs ulimit -n above $((2 * STREAMS + 100)), the hard limit is $FILES: raise it or lower --streams"
 fi
 
+# SRC is what gets built: a clean export of HEAD, or the tree with --worktree.
+SRC=$ROOT
+COMMIT=unknown
+if git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null; then
+	COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
+	if [[ -n $WORKTREE ]]; then
+		[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || COMMIT+="-dirty"
+	else
+		SRC=$WORK/src
+		mkdir -p "$SRC"
+		git -C "$ROOT" archive HEAD | tar -x -C "$SRC" || die "git archive HEAD failed"
+		log "measuring HEAD ($COMMIT), exported to $SRC"
+	fi
+fi
 ST=$WORK/scaletool
 log "building scaletool: go build -o $ST ./scripts/scaletool"
-(cd "$ROOT" && go build -o "$ST" ./scripts/scaletool) || die "go build ./scripts/scaletool failed"
+(cd "$SRC" && go build -o "$ST" ./scripts/scaletool) || die "go build ./scripts/scaletool failed"
+if [[ -z ${DSPROXY_BIN:-} ]]; then
+	log "building dsproxy: go build -o $WORK/dsproxy ./cmd/dsproxy"
+	(cd "$SRC" && go build -o "$WORK/dsproxy" ./cmd/dsproxy) || die "go build ./cmd/dsproxy failed"
+	DSPROXY_BIN=$WORK/dsproxy
+else
+	COMMIT="$COMMIT (DSPROXY_BIN=$DSPROXY_BIN)"
+fi
 use_binary
 
 # ---------------------------------------------------------------- devices
@@ -123,7 +150,7 @@ if want_row devices; then
 	ARGS=(devices --hub-cs "$HUB_DIR/iothubowner.connection-string" --ca-file "$HUB_DIR/tls/ca.pem"
 		--n "$DEVICES" --hub-pid-file "$WORK/hub.pid" --gc-wait "$GC_WAIT")
 	if [[ -n $RESTART ]]; then
-		ARGS+=(--restart --ready-file "$WORK/ready")
+		ARGS+=(--restart --ready-file "$WORK/ready" --hub-exited-file "$WORK/hub-exited" --hub-started-file "$WORK/hub-started")
 	fi
 	log "scaletool ${ARGS[*]}"
 	"$ST" "${ARGS[@]}" >"$DEVICES_JSON" 2>"$LOGS/scaletool-devices.log" &
@@ -139,6 +166,8 @@ if want_row devices; then
 		done
 		log "restarting the hub (SIGTERM, same data dir and port $DEV_HUB_PORT)"
 		stop_proc "$HUB_NAME" "${PROC_PID[$HUB_NAME]}" || die "the hub did not stop within 5 s of SIGTERM"
+		now_ns >"$WORK/hub-exited"
+		now_ns >"$WORK/hub-started"
 		start dsproxy-hub-devices-restarted "$BIN" hub --listen "127.0.0.1:$DEV_HUB_PORT" --hostname 127.0.0.1 \
 			--data-dir "$HUB_DIR" "${HUB_FLAGS[@]}"
 		echo "${PROC_PID[dsproxy-hub-devices-restarted]}" >"$WORK/hub.pid"
@@ -206,10 +235,6 @@ fi
 
 # ---------------------------------------------------------------- table
 
-COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ $COMMIT != unknown && -n $(cd "$ROOT" && git status --porcelain 2>/dev/null) ]]; then
-	COMMIT+="-dirty"
-fi
 TABLE_ARGS=(table --json "$JSON_OUT" --go "$(go version | sed 's/^go version //')" --commit "$COMMIT")
 [[ -z $DEVICES_JSON ]] || TABLE_ARGS+=(--devices "$DEVICES_JSON")
 [[ -z $STREAMS_JSON ]] || TABLE_ARGS+=(--streams "$STREAMS_JSON")

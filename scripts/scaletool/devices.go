@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,10 +55,15 @@ type restartResult struct {
 	// Times are seconds from the first session drop the fleet saw.
 	HubDownSeconds float64 `json:"hubDownSeconds"` // the hub's /healthz first failed
 	HubUpSeconds   float64 `json:"hubUpSeconds"`   // and first answered again
-	AllBackSeconds float64 `json:"allBackSeconds"` // every device connected again
-	// AllBackAfterHubUp is AllBackSeconds - HubUpSeconds: the reconnect
-	// storm itself, without the hub's own restart time.
-	AllBackAfterHubUp float64 `json:"allBackAfterHubUpSeconds"`
+	// HubExitedSeconds and HubStartedSeconds are when the old hub process
+	// had exited and the new one was started, as the script recorded
+	// them (zero when it did not).
+	HubExitedSeconds  float64 `json:"hubExitedSeconds,omitempty"`
+	HubStartedSeconds float64 `json:"hubStartedSeconds,omitempty"`
+	AllBackSeconds    float64 `json:"allBackSeconds"` // every device connected again
+	// AllBackAfterStart is AllBackSeconds - HubStartedSeconds: the
+	// reconnect storm itself, without the old hub's shutdown.
+	AllBackAfterStart float64 `json:"allBackAfterStartSeconds,omitempty"`
 	Back              int     `json:"back"` // devices connected again by the end
 	// Reconnect is the distribution of each device's time back (seconds
 	// from the drop), Histogram the same in 1 s buckets.
@@ -91,6 +97,8 @@ func devicesCmd(ctx context.Context, args []string) error {
 	restart := fs.Bool("restart", false, "after measuring, write --ready-file and measure the reconnect after the hub restarts")
 	readyFile := fs.String("ready-file", "", "`FILE` to create when the fleet is connected and measured (the script then restarts the hub)")
 	restartTimeout := fs.Duration("restart-timeout", 5*time.Minute, "how long to wait for the hub to go away and the fleet to come back")
+	stoppedFile := fs.String("hub-exited-file", "", "`FILE` where the script writes when the old hub exited (Unix nanoseconds)")
+	startedFile := fs.String("hub-started-file", "", "`FILE` where the script writes when it started the new hub (Unix nanoseconds)")
 	keepalive := fs.Duration("keepalive", 15*time.Second, "the devices' keepalive interval (the default of dsproxy device)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -227,6 +235,10 @@ func devicesCmd(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
+		err = rr.addScriptTimes(fleet.dropTime(), *stoppedFile, *startedFile)
+		if err != nil {
+			return err
+		}
 		res.Restart = rr
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
@@ -341,9 +353,32 @@ func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, 
 	if v, err := hm.gauge(ctx, "dsproxy_hub_connected_devices"); err == nil {
 		rr.HubGauge = v
 	}
-	progress("fleet back %.1fs after the drop (%.1fs after the hub answered); %d failed attempts",
-		rr.AllBackSeconds, rr.AllBackAfterHubUp, rr.FailureTotal)
+	progress("fleet back %.1fs after the drop; %d failed attempts", rr.AllBackSeconds, rr.FailureTotal)
 	return rr, nil
+}
+
+// addScriptTimes reads when the script saw the old hub exit and started
+// the new one, each from a file holding Unix nanoseconds (absent names
+// are skipped), as seconds from drop.
+func (rr *restartResult) addScriptTimes(drop time.Time, exitedFile, startedFile string) error {
+	for name, dst := range map[string]*float64{exitedFile: &rr.HubExitedSeconds, startedFile: &rr.HubStartedSeconds} {
+		if name == "" {
+			continue
+		}
+		s, err := readTrimmed(name)
+		if err != nil {
+			return fmt.Errorf("hub restart time: %w", err)
+		}
+		ns, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("hub restart time in %s: %w", name, err)
+		}
+		*dst = time.Unix(0, ns).Sub(drop).Seconds()
+	}
+	if rr.HubStartedSeconds > 0 && rr.AllBackSeconds > 0 {
+		rr.AllBackAfterStart = rr.AllBackSeconds - rr.HubStartedSeconds
+	}
+	return nil
 }
 
 // healthy reports whether GET url answers 200.
@@ -538,6 +573,13 @@ func (f *fleet) back() int {
 	return f.nBack
 }
 
+// dropTime is when the first session ended after markRestart.
+func (f *fleet) dropTime() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dropAt
+}
+
 func (f *fleet) markRestart() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -566,9 +608,6 @@ func (f *fleet) restartReport(hubDown, hubUp time.Time) *restartResult {
 		rr.AllBackSeconds = since(last)
 	}
 	rr.HubDownSeconds, rr.HubUpSeconds = since(hubDown), since(hubUp)
-	if rr.AllBackSeconds > 0 {
-		rr.AllBackAfterHubUp = rr.AllBackSeconds - rr.HubUpSeconds
-	}
 	rr.Histogram = histogram(back, 1)
 	rr.Reconnect = summarize(back)
 	attempts := make([]float64, 0, f.n)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -200,8 +201,21 @@ func TestFleetRestart(t *testing.T) {
 	if rr.Back != 3 || f.back() != 3 {
 		t.Errorf("back = %d, want 3", rr.Back)
 	}
-	if !near(rr.AllBackSeconds, 3.5) || !near(rr.HubUpSeconds, 1) || !near(rr.HubDownSeconds, 0.05) || !near(rr.AllBackAfterHubUp, 2.5) {
-		t.Errorf("times: all back %v, hub down %v up %v, after up %v", rr.AllBackSeconds, rr.HubDownSeconds, rr.HubUpSeconds, rr.AllBackAfterHubUp)
+	if !near(rr.AllBackSeconds, 3.5) || !near(rr.HubUpSeconds, 1) || !near(rr.HubDownSeconds, 0.05) {
+		t.Errorf("times: all back %v, hub down %v up %v", rr.AllBackSeconds, rr.HubDownSeconds, rr.HubUpSeconds)
+	}
+	dir := t.TempDir()
+	exited, started := filepath.Join(dir, "exited"), filepath.Join(dir, "started")
+	os.WriteFile(exited, []byte(strconv.FormatInt(at(10.4).UnixNano(), 10)+"\n"), 0o600)
+	os.WriteFile(started, []byte(strconv.FormatInt(at(10.5).UnixNano(), 10)), 0o600)
+	if err := rr.addScriptTimes(f.dropTime(), exited, started); err != nil {
+		t.Fatal(err)
+	}
+	if !nearMS(rr.HubExitedSeconds, 0.4) || !nearMS(rr.HubStartedSeconds, 0.5) || !nearMS(rr.AllBackAfterStart, 3) {
+		t.Errorf("script times: exited %v, started %v, all back after start %v", rr.HubExitedSeconds, rr.HubStartedSeconds, rr.AllBackAfterStart)
+	}
+	if err := rr.addScriptTimes(f.dropTime(), filepath.Join(dir, "absent"), ""); err == nil {
+		t.Error("addScriptTimes with a missing file succeeded")
 	}
 	if rr.FailureTotal != 3 || rr.Failures["refused"] != 2 || rr.Failures["unavailable"] != 1 {
 		t.Errorf("failures %d %v, want 3: refused 2, unavailable 1", rr.FailureTotal, rr.Failures)
@@ -218,6 +232,9 @@ func TestFleetRestart(t *testing.T) {
 }
 
 func near(a, b float64) bool { return a-b < 1e-6 && b-a < 1e-6 }
+
+// nearMS compares times that went through Unix nanoseconds and back.
+func nearMS(a, b float64) bool { return a-b < 1e-3 && b-a < 1e-3 }
 
 func TestDeviceLogIgnoresGarbage(t *testing.T) {
 	f := newFleet(1)
