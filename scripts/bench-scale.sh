@@ -28,10 +28,15 @@
 #
 # Usage: scripts/bench-scale.sh [--devices N] [--streams N] [--quick]
 #                               [--only devices|streams] [--no-restart]
-#                               [--worktree] [--json FILE]
+#                               [--worktree] [--profile] [--json FILE]
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
 #   E2E_KEEP=1    keep the work directory (its path is printed)
+#
+# --profile runs the hub as `scaletool hub` (the same hub package in the
+# tool's process, with net/http/pprof on another loopback port) and keeps
+# its heap profiles (after a GC) and goroutines before and after each row
+# in JSON_FILE's name with -profiles instead of .json.
 #
 # Needs: bash, coreutils, Go, curl or a bash with /dev/tcp, python3 or perl
 # (free ports), and a hard `ulimit -n` above both counts (the hub holds one
@@ -44,6 +49,7 @@ GC_WAIT=130s
 ONLY=
 RESTART=1
 WORKTREE=
+PROFILE=
 JSON_OUT=bench-scale-results.json
 
 usage() {
@@ -58,6 +64,7 @@ while (($# > 0)); do
 	--only) ONLY=${2:?}; shift 2 ;;
 	--no-restart) RESTART=; shift ;;
 	--worktree) WORKTREE=1; shift ;;
+	--profile) PROFILE=1; shift ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	-h | --help) usage ;;
 	*) printf 'bench-scale: unknown argument %q\n' "$1" >&2; usage ;;
@@ -136,6 +143,26 @@ else
 fi
 use_binary
 
+# HUB_BIN runs the hub: dsproxy hub, or with --profile scaletool hub.
+HUB_BIN=$BIN
+PROFILE_ARGS=()
+if [[ -n $PROFILE ]]; then
+	HUB_BIN=$WORK/hub-profiled
+	printf '#!/bin/sh\nexec %q "$@"\n' "$ST" >"$HUB_BIN"
+	chmod +x "$HUB_BIN"
+	PROFILE_DIR=${JSON_OUT%.json}-profiles
+	mkdir -p "$PROFILE_DIR"
+	log "profiling: the hub runs as scaletool hub; profiles go to $PROFILE_DIR"
+fi
+# start_scale_hub NAME DIR FLAGS...: start_hub with HUB_BIN.
+start_scale_hub() {
+	local bin=$BIN rc=0
+	BIN=$HUB_BIN
+	start_hub "$@" || rc=$?
+	BIN=$bin
+	return "$rc"
+}
+
 # ---------------------------------------------------------------- devices
 
 DEVICES_JSON=
@@ -143,12 +170,13 @@ if want_row devices; then
 	HUB_DIR=$WORK/hub-devices
 	# Short grace: idle devices have no streams to drain.
 	HUB_FLAGS=(--shutdown-grace 1s --log-format json)
-	start_hub dsproxy-hub-devices "$HUB_DIR" 127.0.0.1 "${HUB_FLAGS[@]}" || die "dsproxy hub did not start"
+	start_scale_hub dsproxy-hub-devices "$HUB_DIR" 127.0.0.1 "${HUB_FLAGS[@]}" || die "dsproxy hub did not start"
 	DEV_HUB_PORT=$HUB_PORT
 	echo "${PROC_PID[$HUB_NAME]}" >"$WORK/hub.pid"
 	DEVICES_JSON=$WORK/devices.json
 	ARGS=(devices --hub-cs "$HUB_DIR/iothubowner.connection-string" --ca-file "$HUB_DIR/tls/ca.pem"
 		--n "$DEVICES" --hub-pid-file "$WORK/hub.pid" --gc-wait "$GC_WAIT")
+	[[ -z $PROFILE ]] || ARGS+=(--hub-data-dir "$HUB_DIR" --profile-dir "$PROFILE_DIR")
 	if [[ -n $RESTART ]]; then
 		ARGS+=(--restart --ready-file "$WORK/ready" --hub-exited-file "$WORK/hub-exited" --hub-started-file "$WORK/hub-started")
 	fi
@@ -168,7 +196,7 @@ if want_row devices; then
 		stop_proc "$HUB_NAME" "${PROC_PID[$HUB_NAME]}" || die "the hub did not stop within 5 s of SIGTERM"
 		now_ns >"$WORK/hub-exited"
 		now_ns >"$WORK/hub-started"
-		start dsproxy-hub-devices-restarted "$BIN" hub --listen "127.0.0.1:$DEV_HUB_PORT" --hostname 127.0.0.1 \
+		start dsproxy-hub-devices-restarted "$HUB_BIN" hub --listen "127.0.0.1:$DEV_HUB_PORT" --hostname 127.0.0.1 \
 			--data-dir "$HUB_DIR" "${HUB_FLAGS[@]}"
 		echo "${PROC_PID[dsproxy-hub-devices-restarted]}" >"$WORK/hub.pid"
 	fi
@@ -193,7 +221,7 @@ if want_row streams; then
 	CA=$HUB_DIR/tls/ca.pem
 	# Limits raised so that only memory and descriptors bound the row: all
 	# streams go to one device, and the tool opens them as fast as it can.
-	start_hub dsproxy-hub-streams "$HUB_DIR" 127.0.0.1 --log-format json \
+	start_scale_hub dsproxy-hub-streams "$HUB_DIR" 127.0.0.1 --log-format json \
 		--max-streams "$STREAMS" --max-streams-per-device "$STREAMS" --max-pending-handshakes 4096 \
 		--stream-rate 100000 --stream-burst 100000 || die "dsproxy hub did not start"
 	STR_HUB_PORT=$HUB_PORT STR_HUB=$HUB_NAME
@@ -225,6 +253,7 @@ if want_row streams; then
 	ARGS=(streams --addr "127.0.0.1:$p" --n "$STREAMS" --hub "127.0.0.1:$STR_HUB_PORT" --ca-file "$CA"
 		--hub-pid "${PROC_PID[$STR_HUB]}" --service-pid "${PROC_PID[$SVC_NAME]}"
 		--device-pid "${PROC_PID[dsproxy-device]}" --gc-wait "$GC_WAIT")
+	[[ -z $PROFILE ]] || ARGS+=(--hub-data-dir "$HUB_DIR" --profile-dir "$PROFILE_DIR")
 	log "scaletool ${ARGS[*]}"
 	SIM_RC=0
 	"$ST" "${ARGS[@]}" >"$STREAMS_JSON" 2>"$LOGS/scaletool-streams.log" || SIM_RC=$?

@@ -99,6 +99,8 @@ func devicesCmd(ctx context.Context, args []string) error {
 	restartTimeout := fs.Duration("restart-timeout", 5*time.Minute, "how long to wait for the hub to go away and the fleet to come back")
 	stoppedFile := fs.String("hub-exited-file", "", "`FILE` where the script writes when the old hub exited (Unix nanoseconds)")
 	startedFile := fs.String("hub-started-file", "", "`FILE` where the script writes when it started the new hub (Unix nanoseconds)")
+	hubDataDir := fs.String("hub-data-dir", "", "`DIR`: the hub's data directory, where scaletool hub leaves its pprof address")
+	profileDir := fs.String("profile-dir", "", "`DIR` to save the hub's heap profiles and goroutines in (scaletool hub only)")
 	keepalive := fs.Duration("keepalive", 15*time.Second, "the devices' keepalive interval (the default of dsproxy device)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -171,6 +173,11 @@ func devicesCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	res.Simulator.Before = selfMemory()
+	if *profileDir != "" {
+		if err := saveProfiles(ctx, *hubDataDir, *profileDir, "devices-before"); err != nil {
+			return err
+		}
+	}
 
 	fleet := newFleet(*n)
 	runCtx, stopFleet := context.WithCancel(ctx)
@@ -226,6 +233,11 @@ func devicesCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	res.Simulator.After = selfMemory()
+	if *profileDir != "" {
+		if err := saveProfiles(ctx, *hubDataDir, *profileDir, "devices-after"); err != nil {
+			return err
+		}
+	}
 	res.Hub.PerDevice = per(res.Hub.Before, res.Hub.After, *n)
 	res.Simulator.PerDevice = per(res.Simulator.Before, res.Simulator.After, *n)
 	progress("hub: %.1f KiB RSS, %.1f KiB live heap per device", res.Hub.PerDevice.RSS/1024, res.Hub.PerDevice.HeapLive/1024)

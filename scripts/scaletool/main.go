@@ -20,6 +20,11 @@
 //	    hub and of the service and device proxies.
 //	scaletool echo --listen 127.0.0.1:0
 //	    a TCP echo target; prints its address on the first line of stdout.
+//	scaletool hub --listen A --data-dir D ...
+//	    the real hub in this process, with net/http/pprof on a second
+//	    loopback port (bench-scale.sh --profile); with --hub-data-dir and
+//	    --profile-dir, devices and streams save its heap profile and
+//	    goroutines before and after.
 //
 // Each measuring subcommand prints one JSON document on stdout (the raw
 // result; bench-scale.sh keeps it and builds its table from it) and its
@@ -36,7 +41,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: scaletool devices|streams|echo|table [flags]")
+		fmt.Fprintln(os.Stderr, "usage: scaletool devices|streams|echo|hub|table [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -49,10 +54,12 @@ func main() {
 		err = streamsCmd(ctx, args)
 	case "echo":
 		err = echoCmd(ctx, args)
+	case "hub":
+		err = hubCmd(ctx, args)
 	case "table":
 		err = tableCmd(args)
 	default:
-		err = fmt.Errorf("unknown subcommand %q (want devices, streams, echo or table)", cmd)
+		err = fmt.Errorf("unknown subcommand %q (want devices, streams, echo, hub or table)", cmd)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "scaletool %s: %v\n", os.Args[1], err)

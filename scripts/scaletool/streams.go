@@ -61,6 +61,8 @@ func streamsCmd(ctx context.Context, args []string) error {
 	servicePID := fs.Int("service-pid", 0, "the service proxy's process ID")
 	devicePID := fs.Int("device-pid", 0, "the device proxy's process ID")
 	gcWait := fs.Duration("gc-wait", 130*time.Second, "how long to wait for a hub GC after all streams are open, for a current live heap")
+	hubDataDir := fs.String("hub-data-dir", "", "`DIR`: the hub's data directory, where scaletool hub leaves its pprof address")
+	profileDir := fs.String("profile-dir", "", "`DIR` to save the hub's heap profiles and goroutines in (scaletool hub only)")
 	hold := fs.Duration("hold", 0, "keep the streams open this much longer after measuring")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -92,6 +94,11 @@ func streamsCmd(ctx context.Context, args []string) error {
 	}
 	if res.Service.Before, err = rssOnly(*servicePID); err != nil {
 		return err
+	}
+	if *profileDir != "" {
+		if err := saveProfiles(ctx, *hubDataDir, *profileDir, "streams-before"); err != nil {
+			return err
+		}
 	}
 	if res.Device.Before, err = rssOnly(*devicePID); err != nil {
 		return err
@@ -136,6 +143,11 @@ func streamsCmd(ctx context.Context, args []string) error {
 	}
 	if res.Device.After, err = rssOnly(*devicePID); err != nil {
 		return err
+	}
+	if *profileDir != "" {
+		if err := saveProfiles(ctx, *hubDataDir, *profileDir, "streams-after"); err != nil {
+			return err
+		}
 	}
 	res.Hub.PerStream = per(res.Hub.Before, res.Hub.After, *n)
 	res.Service.PerStream = per(res.Service.Before, res.Service.After, *n)
