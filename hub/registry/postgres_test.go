@@ -47,8 +47,10 @@ func TestPostgresConcurrentMigrate(t *testing.T) {
 		u := pgtest.URL(t)
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
+		start := make(chan struct{}) // both open at once
 		for j := range errs {
 			wg.Go(func() {
+				<-start
 				s, err := registry.OpenPostgres(testCtx(t), u)
 				if err == nil {
 					_, err = s.ListDevices(testCtx(t))
@@ -57,6 +59,7 @@ func TestPostgresConcurrentMigrate(t *testing.T) {
 				errs[j] = err
 			})
 		}
+		close(start)
 		wg.Wait()
 		for _, err := range errs {
 			if err != nil {
