@@ -25,10 +25,13 @@
 #   download        one stream, --bytes from a source: Gbit/s, CPU-s per GB
 #   parallel        4 streams, --bytes in all to a sink: Gbit/s, CPU-s per GB
 #   iperf3          iperf3 -c, -c -R, -c -P 4 for --iperf3-time each
-#   setup           --conns sequential dial, echo 1 byte, close: p50/p90/p99
-#   setup-parallel  --clients loops of the same for --parallel-time: setups/s, p50/p99
+#   setup           --conns sequential dial, echo 1 byte, close: p50/p90/p99,
+#                   CPU-ms per setup
+#   setup-parallel  --clients loops of the same for --parallel-time: setups/s,
+#                   p50/p99, CPU-ms per setup
 #   stall           stream B (--stall-bytes) alone and beside a stream A
-#                   whose reader stopped, upload and download: Gbit/s, ratio
+#                   whose reader stopped, --stall-pairs times, upload and
+#                   download: Gbit/s, ratio
 #   rtt             --rtt-conns setups over a link with --rtt-ms round trip:
 #                   ms and RTTs (root, ip, and netem or /dev/net/tun)
 # Each path in every round; the path order is reversed every other round.
@@ -36,7 +39,7 @@
 # The Markdown table goes to stdout; progress and logs to stderr.
 #
 # Usage: scripts/bench.sh [--quick] [--rounds N] [--only ROWS] [--paths PATHS]
-#                         [--bytes SIZE] [--stall-bytes SIZE] [--conns N]
+#                         [--bytes SIZE] [--stall-bytes SIZE] [--stall-pairs N] [--conns N]
 #                         [--iperf3-time SECS] [--clients N] [--parallel-time SECS]
 #                         [--rtt-ms MS] [--rtt-conns N] [--json FILE]
 #   --quick   a smoke run: 1 round and small sizes (options after it still apply)
@@ -54,6 +57,7 @@ ALL_ROWS=(upload download parallel iperf3 setup setup-parallel stall rtt)
 ROUNDS=3
 BYTES=1GiB
 STALL_BYTES=256MiB
+STALL_PAIRS=3
 CONNS=1000
 IPERF3_TIME=3
 CLIENTS=64
@@ -70,10 +74,11 @@ usage() {
 }
 while (($# > 0)); do
 	case $1 in
-	--quick) ROUNDS=1 BYTES=128MiB STALL_BYTES=64MiB CONNS=200 IPERF3_TIME=1 PARALLEL_TIME=1 RTT_CONNS=5; shift ;;
+	--quick) ROUNDS=1 BYTES=128MiB STALL_BYTES=64MiB STALL_PAIRS=1 CONNS=200 IPERF3_TIME=1 PARALLEL_TIME=1 RTT_CONNS=5; shift ;;
 	--rounds) ROUNDS=${2:?}; shift 2 ;;
 	--bytes) BYTES=${2:?}; shift 2 ;;
 	--stall-bytes) STALL_BYTES=${2:?}; shift 2 ;;
+	--stall-pairs) STALL_PAIRS=${2:?}; shift 2 ;;
 	--conns) CONNS=${2:?}; shift 2 ;;
 	--iperf3-time) IPERF3_TIME=${2:?}; shift 2 ;;
 	--clients) CLIENTS=${2:?}; shift 2 ;;
@@ -90,6 +95,7 @@ done
 positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "bench: $1 $2: want a positive whole number" >&2; exit 2; }; }
 positive --rounds "$ROUNDS"
 positive --conns "$CONNS"
+positive --stall-pairs "$STALL_PAIRS"
 positive --iperf3-time "$IPERF3_TIME"
 positive --clients "$CLIENTS"
 positive --parallel-time "$PARALLEL_TIME"
@@ -122,6 +128,8 @@ case $JSON_OUT in /*) ;; *) JSON_OUT=$PWD/$JSON_OUT ;; esac
 exec 3>&1 1>&2
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The machine is shared: the load before and after goes into the header.
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dsproxy-bench.XXXXXX")
 LOGS=$WORK/logs
 mkdir -p "$LOGS"
@@ -438,8 +446,8 @@ bt() {
 measure() {
 	local row=$1 path=$2 round=$3 small=
 	((round > 0)) || small=1
-	local at=127.0.0.1 bytes=$BYTES sbytes=$STALL_BYTES
-	[[ -z $small ]] || bytes=16MiB sbytes=8MiB
+	local at=127.0.0.1 bytes=$BYTES sbytes=$STALL_BYTES pairs=$STALL_PAIRS
+	[[ -z $small ]] || bytes=16MiB sbytes=8MiB pairs=1
 	local c=(--path "$path" --round "$round")
 	local cpu=(--pids "${CPU_PIDS[$path]}")
 	entry() { printf '%s:%s' "$at" "${ENTRY[$path/$1]}"; }
@@ -458,19 +466,19 @@ measure() {
 	setup)
 		local n=$CONNS
 		[[ -z $small ]] || n=50
-		bt "$round" "setup $path" "$BT" setup --row setup "${c[@]}" --addr "$(entry echo)" --conns "$n"
+		bt "$round" "setup $path" "$BT" setup --row setup "${c[@]}" "${cpu[@]}" --addr "$(entry echo)" --conns "$n"
 		;;
 	setup-parallel)
 		local d=${PARALLEL_TIME}s
 		[[ -z $small ]] || d=500ms
-		bt "$round" "setup-parallel $path" "$BT" setup --row setup-parallel "${c[@]}" --addr "$(entry echo)" \
+		bt "$round" "setup-parallel $path" "$BT" setup --row setup-parallel "${c[@]}" "${cpu[@]}" --addr "$(entry echo)" \
 			--clients "$CLIENTS" --duration "$d"
 		;;
 	stall)
 		bt "$round" "stall up $path" "$BT" stall --row stall-up --dir up "${c[@]}" \
-			--addr "$(entry sink)" --stall-addr "$(entry hold)" --bytes "$sbytes"
+			--addr "$(entry sink)" --stall-addr "$(entry hold)" --bytes "$sbytes" --pairs "$pairs"
 		bt "$round" "stall down $path" "$BT" stall --row stall-down --dir down "${c[@]}" \
-			--addr "$(entry source)" --stall-addr "$(entry source)" --bytes "$sbytes"
+			--addr "$(entry source)" --stall-addr "$(entry source)" --bytes "$sbytes" --pairs "$pairs"
 		;;
 	rtt)
 		local n=$RTT_CONNS
@@ -512,7 +520,7 @@ for r in "${ROWS[@]}"; do
 	iperf3) params+=(--param "iperf3-time=${IPERF3_TIME} s per run (iperf3 $(iperf3 --version | sed -n '1s/^iperf \([^ ]*\).*/\1/p'))") ;;
 	setup) params+=(--param "conns=$CONNS sequential setups (dial, echo 1 byte, close)") ;;
 	setup-parallel) params+=(--param "clients=$CLIENTS parallel clients for $PARALLEL_TIME s") ;;
-	stall) params+=(--param "stall-bytes=$STALL_BYTES for stream B") ;;
+	stall) params+=(--param "stall-bytes=$STALL_BYTES per run of stream B" --param "stall-pairs=$STALL_PAIRS pairs of runs (alone, beside a stalled A) per round: medians") ;;
 	rtt)
 		params+=(--param "rtt=$RTT_MS ms round trip added between the engineer's side and the rest")
 		params+=(--param "rtt-link=$([[ $RTT_LINK == netem ]] && echo "tc netem delay $((RTT_MS / 2)) ms on each end of a veth pair" || echo "benchtool delay: a TUN pair, $((RTT_MS / 2)) ms each way (no sch_netem in this kernel)")")
@@ -521,6 +529,7 @@ for r in "${ROWS[@]}"; do
 		;;
 	esac
 done
+params+=(--param "load=load average (1, 5, 15 min) $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end")
 if want_path dsproxy || want_path dsproxy-session; then
 	params+=(--param "hub-limits=${HUB_LIMITS[*]} (so that the rate limiter is not measured)")
 fi

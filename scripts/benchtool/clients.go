@@ -87,18 +87,27 @@ func newCPUMeter(pids string) (*cpuMeter, error) {
 	return &cpuMeter{procs: procs, t0: t0}, nil
 }
 
+// seconds returns the CPU seconds used since the meter was made.
+func (cm *cpuMeter) seconds() (float64, error) {
+	t1, err := cpuSeconds(cm.procs)
+	if err != nil {
+		return 0, err
+	}
+	return t1 - cm.t0, nil
+}
+
 // done adds cpu_s_per_gb, cpu_seconds and processes to m for bytes carried;
 // nothing when the meter has no processes.
 func (cm *cpuMeter) done(m map[string]float64, bytes float64) error {
 	if len(cm.procs) == 0 {
 		return nil
 	}
-	t1, err := cpuSeconds(cm.procs)
+	secs, err := cm.seconds()
 	if err != nil {
 		return err
 	}
-	m["cpu_s_per_gb"] = (t1 - cm.t0) / (bytes / 1e9)
-	m["cpu_seconds"] = t1 - cm.t0
+	m["cpu_s_per_gb"] = secs / (bytes / 1e9)
+	m["cpu_seconds"] = secs
 	m["processes"] = float64(len(cm.procs))
 	return nil
 }
@@ -278,6 +287,7 @@ func setupCmd(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", 0, "run the loops for this long instead of --conns setups")
 	perConn := fs.Duration("conn-timeout", 10*time.Second, "give up on one setup after this long")
 	rttMS := fs.Float64("rtt-ms", 0, "the path's added round trip in ms: also report percentiles in round trips")
+	pids := fs.String("pids", "", "comma-separated PIDs whose CPU time (with their descendants') per setup to measure")
 	fs.Parse(args)
 	if err := c.check(); err != nil {
 		return err
@@ -290,7 +300,15 @@ func setupCmd(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	cm, err := newCPUMeter(*pids)
+	if err != nil {
+		return err
+	}
 	res, err := setups(ctx, c.addr, *clients, *conns, *duration, *perConn)
+	if err != nil {
+		return err
+	}
+	cpu, err := cm.seconds()
 	if err != nil {
 		return err
 	}
@@ -309,6 +327,10 @@ func setupCmd(ctx context.Context, args []string) error {
 		"per_s":  float64(len(res.ms)) / res.secs,
 		"conns":  float64(len(res.ms)),
 		"errors": float64(res.errors),
+	}
+	if len(cm.procs) > 0 {
+		m["cpu_ms_per_setup"] = cpu * 1000 / float64(len(res.ms)+res.errors)
+		m["cpu_seconds"] = cpu
 	}
 	if *rttMS > 0 {
 		m["p50_rtts"] = m["p50_ms"] / *rttMS
@@ -414,21 +436,26 @@ func echoOne(ctx context.Context, d *net.Dialer, addr string) error {
 // another stream A through the same path has a reader that stopped: up, A
 // writes to a hold target (--stall-addr) until its writes block; down, A
 // asks a source (--stall-addr) for more than the path can buffer and reads
-// nothing. It reports both Gbit/s and their ratio (stalled ÷ alone); in
-// even rounds the stalled run goes first.
+// nothing. It makes --pairs pairs of runs, alone and stalled (stalled
+// first in even rounds), with a new A for every stalled run, and reports
+// the median Gbit/s of each and their ratio (stalled ÷ alone).
 func stallCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("stall", flag.ExitOnError)
 	c := commonFlags(fs, "stall")
 	stallAddr := fs.String("stall-addr", "", "address of A's target: a hold server (up) or a source (down)")
-	size := fs.String("bytes", "256MiB", "bytes B moves")
+	size := fs.String("bytes", "256MiB", "bytes B moves in each run")
 	dirFlag := fs.String("dir", "up", "up: B uploads to a sink while A's target does not read; down: B downloads while A's client does not read")
 	fill := fs.Duration("fill", time.Second, "down: how long A's buffers get to fill before B starts")
+	pairs := fs.Int("pairs", 3, "pairs of runs, alone and stalled")
 	fs.Parse(args)
 	if err := c.check(); err != nil {
 		return err
 	}
 	if *stallAddr == "" {
 		return errors.New("--stall-addr is required")
+	}
+	if *pairs < 1 {
+		return fmt.Errorf("--pairs %d: want at least 1", *pairs)
 	}
 	n, err := parseSize(*size)
 	if err != nil {
@@ -448,40 +475,44 @@ func stallCmd(ctx context.Context, args []string) error {
 		}
 		return gbps(n, time.Since(t0).Seconds()), nil
 	}
-	var alone, stalled, buffered float64
+	var alone, stalled, buffered []float64
+	aloneRun := func() error {
+		g, err := timed()
+		alone = append(alone, g)
+		return err
+	}
 	stalledRun := func() error {
 		a, held, err := stallA(ctx, *stallAddr, dir, *fill)
 		if err != nil {
 			return fmt.Errorf("stream A: %w", err)
 		}
 		defer a.Close()
-		buffered = float64(held)
-		stalled, err = timed()
+		buffered = append(buffered, float64(held))
+		g, err := timed()
+		stalled = append(stalled, g)
 		return err
 	}
+	first, second := aloneRun, stalledRun
 	if c.round%2 == 0 {
-		if err := stalledRun(); err != nil {
+		first, second = stalledRun, aloneRun
+	}
+	for range *pairs {
+		if err := first(); err != nil {
 			return err
 		}
-		if alone, err = timed(); err != nil {
-			return err
-		}
-	} else {
-		if alone, err = timed(); err != nil {
-			return err
-		}
-		if err := stalledRun(); err != nil {
+		if err := second(); err != nil {
 			return err
 		}
 	}
 	m := map[string]float64{
-		"alone_gbps":   alone,
-		"stalled_gbps": stalled,
-		"ratio":        stalled / alone,
+		"alone_gbps":   median(alone),
+		"stalled_gbps": median(stalled),
+		"ratio":        median(stalled) / median(alone),
 		"bytes":        float64(n),
+		"pairs":        float64(*pairs),
 	}
 	if dir == up {
-		m["buffered_mib"] = buffered / (1 << 20)
+		m["buffered_mib"] = median(buffered) / (1 << 20)
 	}
 	return printSample(c.sample(m))
 }

@@ -81,9 +81,11 @@ var rows = []rowSpec{
 	{"setup_p50_ms", "setup p50, ms ↓", 3},
 	{"setup_p90_ms", "setup p90, ms ↓", 3},
 	{"setup_p99_ms", "setup p99, ms ↓", 3},
+	{"setup_cpu_ms_per_setup", "CPU-ms per setup ↓", 2},
 	{"setup_parallel_per_s", "setups/s, parallel clients ↑", 0},
 	{"setup_parallel_p50_ms", "setup p50 under parallel load, ms ↓", 2},
 	{"setup_parallel_p99_ms", "setup p99 under parallel load, ms ↓", 2},
+	{"setup_parallel_cpu_ms_per_setup", "CPU-ms per setup under parallel load ↓", 2},
 	{"stall_up_alone_gbps", "stalled reader, upload: B alone, Gbit/s ↑", 2},
 	{"stall_up_stalled_gbps", "stalled reader, upload: B beside stalled A, Gbit/s ↑", 2},
 	{"stall_up_ratio", "stalled reader, upload: beside ÷ alone ↑", 2},
@@ -213,7 +215,7 @@ func ratioPaths(paths []string) []string {
 }
 
 // paramOrder lists the known --param keys in the order the header shows them.
-var paramOrder = []string{"rows", "bytes", "stall-bytes", "conns", "iperf3-time", "clients", "parallel-time", "rtt", "rtt-link", "rtt-conns", "topology", "hub-limits"}
+var paramOrder = []string{"rows", "bytes", "stall-bytes", "stall-pairs", "conns", "iperf3-time", "clients", "parallel-time", "rtt", "rtt-link", "rtt-conns", "topology", "hub-limits", "load"}
 
 func writeTable(w io.Writer, r Results, jsonFile string) {
 	fmt.Fprintf(w, "## dsproxy benchmarks, %s\n\n", r.Date)
