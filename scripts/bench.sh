@@ -169,9 +169,13 @@ log "building benchtool: go build -o $BT ./scripts/benchtool"
 "$BT" size "$STALL_BYTES" >/dev/null || die "--stall-bytes $STALL_BYTES"
 
 # The paths: dsproxy-session only when the binary has service --mode.
-use_binary
 MODES=
-if "$BIN" service --help 2>/dev/null | grep -q -- '--mode'; then MODES=1; fi
+if [[ -z $PATHS || $PATHS == *dsproxy* ]]; then
+	use_binary
+	if "$BIN" service --help 2>/dev/null | grep -q -- '--mode'; then MODES=1; fi
+elif ! command -v python3 >/dev/null && ! command -v perl >/dev/null; then
+	die "need python3 or perl to find free ports"
+fi
 if [[ -z $PATHS ]]; then
 	PATHS=direct,ssh,dsproxy
 	if [[ -n $MODES ]]; then PATHS+=,dsproxy-session; else NOTES+=("dsproxy-session path left out: this dsproxy service has no --mode"); fi
