@@ -38,13 +38,17 @@
 #
 # The Markdown table goes to stdout; progress and logs to stderr.
 #
-# Usage: scripts/bench.sh [--quick] [--rounds N] [--only ROWS] [--paths PATHS]
+# It measures the committed HEAD of this checkout (exported with git archive
+# and built in the work directory), so that uncommitted changes in the tree
+# do not end up in the figures; --worktree builds the tree as it is.
+#
+# Usage: scripts/bench.sh [--quick] [--worktree] [--rounds N] [--only ROWS] [--paths PATHS]
 #                         [--bytes SIZE] [--stall-bytes SIZE] [--stall-pairs N] [--conns N]
 #                         [--iperf3-time SECS] [--clients N] [--parallel-time SECS]
 #                         [--rtt-ms MS] [--rtt-conns N] [--json FILE]
 #   --quick   a smoke run: 1 round and small sizes (options after it still apply)
 # Environment:
-#   DSPROXY_BIN   the dsproxy binary to measure (default: built from this checkout)
+#   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
 #   E2E_KEEP=1    keep the work directory (its path is printed)
 #
 # Needs: bash, coreutils, Go, OpenSSH (sshd, ssh, ssh-keygen) for the ssh path,
@@ -67,6 +71,7 @@ RTT_CONNS=20
 ONLY=
 PATHS=
 JSON_OUT=bench-results.json
+WORKTREE=
 
 usage() {
 	sed -n '/^# Usage:/,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -88,6 +93,7 @@ while (($# > 0)); do
 	--only) ONLY=${2:?}; shift 2 ;;
 	--paths) PATHS=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
+	--worktree) WORKTREE=1; shift ;;
 	-h | --help) usage ;;
 	*) printf 'bench: unknown argument %q\n' "$1" >&2; usage ;;
 	esac
@@ -162,15 +168,36 @@ skip_row() {
 
 # ---------------------------------------------------------------- tools
 
+# SRC is what gets built: a clean export of HEAD, or the tree with --worktree.
+SRC=$ROOT
+COMMIT=unknown
+if git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null; then
+	COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
+	if [[ -n $WORKTREE ]]; then
+		[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || COMMIT+="-dirty"
+	else
+		SRC=$WORK/src
+		mkdir -p "$SRC"
+		git -C "$ROOT" archive HEAD | tar -x -C "$SRC" || die "git archive HEAD failed"
+		log "measuring HEAD ($COMMIT), exported to $SRC"
+	fi
+fi
 BT=$WORK/benchtool
 log "building benchtool: go build -o $BT ./scripts/benchtool"
-(cd "$ROOT" && go build -o "$BT" ./scripts/benchtool) || die "go build ./scripts/benchtool failed"
+(cd "$SRC" && go build -o "$BT" ./scripts/benchtool) || die "go build ./scripts/benchtool failed"
 "$BT" size "$BYTES" >/dev/null || die "--bytes $BYTES"
 "$BT" size "$STALL_BYTES" >/dev/null || die "--stall-bytes $STALL_BYTES"
 
 # The paths: dsproxy-session only when the binary has service --mode.
 MODES=
 if [[ -z $PATHS || $PATHS == *dsproxy* ]]; then
+	if [[ -z ${DSPROXY_BIN:-} ]]; then
+		log "building dsproxy: go build -o $WORK/dsproxy ./cmd/dsproxy"
+		(cd "$SRC" && go build -o "$WORK/dsproxy" ./cmd/dsproxy) || die "go build ./cmd/dsproxy failed"
+		DSPROXY_BIN=$WORK/dsproxy
+	else
+		COMMIT="$COMMIT (DSPROXY_BIN=$DSPROXY_BIN)"
+	fi
 	use_binary
 	if "$BIN" service --help 2>/dev/null | grep -q -- '--mode'; then MODES=1; fi
 elif ! command -v python3 >/dev/null && ! command -v perl >/dev/null; then
@@ -513,10 +540,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	done
 done
 
-COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ $COMMIT != unknown && -n $(cd "$ROOT" && git status --porcelain 2>/dev/null) ]]; then
-	COMMIT+="-dirty"
-fi
 params=(--param "rows=${ROWS[*]}")
 for r in "${ROWS[@]}"; do
 	case $r in
