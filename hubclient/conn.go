@@ -11,6 +11,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/dsproxy/dsproxy/internal/batch"
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
@@ -40,6 +41,7 @@ var ErrStreamClosed = errors.New("stream closed")
 // closes the stream: the WebSocket library cannot abandon a single read.
 type Conn struct {
 	ws     *websocket.Conn
+	batch  *batch.Conn // below TLS: gathers each message's records
 	ctx    context.Context
 	cancel context.CancelFunc
 	local  net.Addr
@@ -61,8 +63,8 @@ type Conn struct {
 
 var _ net.Conn = (*Conn)(nil)
 
-func newConn(ws *websocket.Conn, local, remote net.Addr) *Conn {
-	c := &Conn{ws: ws, local: local, remote: remote}
+func newConn(ws *websocket.Conn, bc *batch.Conn, local, remote net.Addr) *Conn {
+	c := &Conn{ws: ws, batch: bc, local: local, remote: remote}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c
 }
@@ -143,7 +145,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if len(chunk) > MaxWriteMessage {
 			chunk = chunk[:MaxWriteMessage]
 		}
-		if err := c.ws.Write(c.ctx, websocket.MessageBinary, chunk); err != nil {
+		if err := c.writeMessage(chunk); err != nil {
 			if c.ctx.Err() != nil {
 				return n, net.ErrClosed
 			}
@@ -153,6 +155,17 @@ func (c *Conn) Write(p []byte) (int, error) {
 		p = p[len(chunk):]
 	}
 	return n, nil
+}
+
+// writeMessage sends p as one binary message, its TLS records in one write
+// to the TCP connection.
+func (c *Conn) writeMessage(p []byte) error {
+	c.batch.Hold()
+	err := c.ws.Write(c.ctx, websocket.MessageBinary, p)
+	if ferr := c.batch.Release(); err == nil {
+		err = ferr
+	}
+	return err
 }
 
 // CloseWrite tells the peer no more data will come (a TCP FIN). Reads go on.

@@ -15,6 +15,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 
+	"github.com/dsproxy/dsproxy/internal/batch"
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
@@ -127,16 +128,22 @@ func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (
 }
 
 // dialStream connects one side of a stream to the streaming endpoint.
+//
+// The TCP connection is wrapped in a batch.Conn below TLS, so that the
+// [Conn] can send each message's records in one write.
 func dialStream(ctx context.Context, hc *http.Client, url, token string) (*Conn, error) {
 	var local, remote net.Addr
+	var bc *batch.Conn
 	tr := hc.Transport.(*http.Transport).Clone()
 	dial := tr.DialContext
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		nc, err := dial(ctx, network, addr)
-		if err == nil {
-			local, remote = nc.LocalAddr(), nc.RemoteAddr()
+		if err != nil {
+			return nil, err
 		}
-		return nc, err
+		local, remote = nc.LocalAddr(), nc.RemoteAddr()
+		bc = batch.New(nc)
+		return bc, nil
 	}
 	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 		HTTPClient: &http.Client{Transport: tr},
@@ -150,7 +157,7 @@ func dialStream(ctx context.Context, hc *http.Client, url, token string) (*Conn,
 	}
 	// The hub enforces its own limit; accept whatever it relays.
 	ws.SetReadLimit(-1)
-	return newConn(ws, local, remote), nil
+	return newConn(ws, bc, local, remote), nil
 }
 
 func seconds(d time.Duration) int {
