@@ -488,9 +488,10 @@ func (s *Server) Run(ctx context.Context) error {
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		ErrorLog:          log.New(debugWriter{s.log}, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		ConnContext:       withBatch,
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(s.ln, tlsCfg)) }()
+	go func() { errc <- srv.Serve(tls.NewListener(batchListener{s.ln}, tlsCfg)) }()
 	s.log.Info().Str("addr", s.ln.Addr().String()).Str("advertise", s.addr).Msg("hub serving")
 	stopPruning := s.startPruning()
 

@@ -9,10 +9,22 @@ import (
 	"sync/atomic"
 
 	"github.com/coder/websocket"
+
+	"github.com/dsproxy/dsproxy/internal/batch"
 )
 
-// relayBufSize is the copy buffer of one relay direction.
-const relayBufSize = 32 << 10
+// relayBufSize is the largest message the relay reads whole before it
+// writes it on as one frame; larger ones are copied on in chunks of this
+// size. It is the largest message a dsproxy client sends.
+const relayBufSize = 64 << 10
+
+// relayBuf is a relay copy buffer, one byte longer than relayBufSize so
+// that a message of exactly relayBufSize is known to be whole.
+type relayBuf [relayBufSize + 1]byte
+
+// relayBufs holds the relay's copy buffers. A pump takes one only while it
+// moves a message, so an idle stream holds none.
+var relayBufs = sync.Pool{New: func() any { return new(relayBuf) }}
 
 // errIdle ends a relay whose stream was idle for Config.IdleStreamTimeout.
 var errIdle = errors.New("stream idle")
@@ -52,11 +64,11 @@ func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason str
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		ends <- pump(ctx, svc, dev, sideService, &st.bytesUp, &act)
+		ends <- pump(ctx, svc, dev, st.batches[sideDevice], sideService, &st.bytesUp, &act)
 	}()
 	go func() {
 		defer wg.Done()
-		ends <- pump(ctx, dev, svc, sideDevice, &st.bytesDown, &act)
+		ends <- pump(ctx, dev, svc, st.batches[sideService], sideDevice, &st.bytesDown, &act)
 	}()
 	go func() {
 		defer wg.Done()
@@ -101,41 +113,111 @@ func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason str
 
 // pump copies messages from src to dst until either fails. It reports
 // which side ended, and tells act of every message and chunk it moves and
-// of every write in progress.
-func pump(ctx context.Context, src, dst *websocket.Conn, from side, n *atomic.Int64, act *activity) end {
+// of every write in progress. dstBatch, when not nil, is the batch.Conn
+// under dst.
+func pump(ctx context.Context, src, dst *websocket.Conn, dstBatch *batch.Conn, from side, n *atomic.Int64, act *activity) end {
 	to := 1 - from
-	buf := make([]byte, relayBufSize)
+	ar := &activeReader{idle: act.idle}
 	for {
 		typ, r, err := src.Reader(ctx)
 		if err != nil {
 			return end{from: from, err: err}
 		}
 		act.moved(to)
-		act.busy.Add(1)
-		w, err := dst.Writer(ctx, typ)
-		act.busy.Add(-1)
-		if err != nil {
-			return end{from: to, err: err}
-		}
-		tw := trackedWriter{w: w, act: act, to: to}
-		c, err := io.CopyBuffer(&tw, r, buf)
-		n.Add(c)
-		if err != nil {
-			if tw.err != nil {
-				return end{from: to, err: tw.err}
-			}
-			// src died mid-message: leave the message unfinished, so
-			// dst cannot take the truncated part for a whole one; the
-			// close frame that follows says why.
-			return end{from: from, err: err}
-		}
-		act.busy.Add(1)
-		err = w.Close()
-		act.busy.Add(-1)
-		if err != nil {
-			return end{from: to, err: err}
+		ar.r = r
+		if e, ok := relayMessage(ctx, typ, ar, dst, dstBatch, from, n, act); !ok {
+			return e
 		}
 	}
+}
+
+// relayMessage copies one message, read from r, to dst: whole, as one
+// frame in one write to dstBatch, when it fits in a relay buffer;
+// otherwise in chunks as it arrives. ok is false when a side failed, which
+// e names.
+func relayMessage(ctx context.Context, typ websocket.MessageType, r io.Reader, dst *websocket.Conn, dstBatch *batch.Conn, from side, n *atomic.Int64, act *activity) (e end, ok bool) {
+	to := 1 - from
+	buf := relayBufs.Get().(*relayBuf)
+	defer relayBufs.Put(buf)
+	m, err := io.ReadFull(r, buf[:])
+	switch err {
+	case io.EOF, io.ErrUnexpectedEOF: // the whole message: m bytes
+		act.busy.Add(1)
+		err = writeWhole(ctx, dst, dstBatch, typ, buf[:m])
+		act.busy.Add(-1)
+		if err != nil {
+			return end{from: to, err: err}, false
+		}
+		act.moved(to)
+		n.Add(int64(m))
+		return end{}, true
+	case nil: // a larger message: copy it on as it comes
+	default:
+		// src died mid-message: send nothing of it, so dst cannot
+		// take a truncated part for a whole message; the close
+		// frame that follows says why.
+		return end{from: from, err: err}, false
+	}
+	act.busy.Add(1)
+	w, err := dst.Writer(ctx, typ)
+	act.busy.Add(-1)
+	if err != nil {
+		return end{from: to, err: err}, false
+	}
+	tw := trackedWriter{w: w, act: act, to: to}
+	if _, err := tw.Write(buf[:m]); err != nil {
+		return end{from: to, err: err}, false
+	}
+	n.Add(int64(m))
+	c, err := io.CopyBuffer(&tw, r, buf[:])
+	n.Add(c)
+	if err != nil {
+		if tw.err != nil {
+			return end{from: to, err: tw.err}, false
+		}
+		// src died mid-message: leave the message unfinished, so
+		// dst cannot take the truncated part for a whole one; the
+		// close frame that follows says why.
+		return end{from: from, err: err}, false
+	}
+	act.busy.Add(1)
+	err = w.Close()
+	act.busy.Add(-1)
+	if err != nil {
+		return end{from: to, err: err}, false
+	}
+	return end{}, true
+}
+
+// activeReader reads a message and counts each chunk that arrives as
+// activity for the idle check, so that a message that arrives slowly keeps
+// its stream up while the relay gathers it.
+type activeReader struct {
+	r    io.Reader
+	idle *idleWatch
+}
+
+func (a *activeReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 {
+		a.idle.touch()
+	}
+	return n, err
+}
+
+// writeWhole writes p to dst as one message. coder/websocket sends a
+// server's frame header with the first 4 KiB and the rest apart; under a
+// hold of dstBatch all of it reaches TCP in one write.
+func writeWhole(ctx context.Context, dst *websocket.Conn, dstBatch *batch.Conn, typ websocket.MessageType, p []byte) error {
+	if dstBatch == nil {
+		return dst.Write(ctx, typ, p)
+	}
+	dstBatch.Hold()
+	err := dst.Write(ctx, typ, p)
+	if ferr := dstBatch.Release(); err == nil {
+		err = ferr
+	}
+	return err
 }
 
 // trackedWriter remembers a write error so pump can tell which side

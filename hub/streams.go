@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dsproxy/dsproxy/hub/registry"
+	"github.com/dsproxy/dsproxy/internal/batch"
 	"github.com/dsproxy/dsproxy/internal/sas"
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
@@ -69,6 +70,7 @@ type stream struct {
 	accepted bool     // the device accepted: the stream's end is an event
 	used     [2]bool
 	conns    [2]*websocket.Conn
+	batches  [2]*batch.Conn // under conns, when served by Run (relay.go)
 	timer    *time.Timer
 	closed   bool
 }
@@ -387,6 +389,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.conns[sd] = ws
+	st.batches[sd] = batchOf(r)
 	paired := st.conns[0] != nil && st.conns[1] != nil
 	if paired {
 		st.timer.Stop()

@@ -28,7 +28,8 @@
 #
 # Usage: scripts/bench-scale.sh [--devices N] [--streams N] [--quick]
 #                               [--only devices|streams] [--no-restart]
-#                               [--worktree] [--profile] [--json FILE]
+#                               [--worktree] [--profile] [--gc-wait DURATION]
+#                               [--json FILE]
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
 #   E2E_KEEP=1    keep the work directory (its path is printed)
@@ -65,6 +66,7 @@ while (($# > 0)); do
 	--no-restart) RESTART=; shift ;;
 	--worktree) WORKTREE=1; shift ;;
 	--profile) PROFILE=1; shift ;;
+	--gc-wait) GC_WAIT=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	-h | --help) usage ;;
 	*) printf 'bench-scale: unknown argument %q\n' "$1" >&2; usage ;;

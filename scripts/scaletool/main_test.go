@@ -139,8 +139,14 @@ func TestHistogram(t *testing.T) {
 	if histogram(nil, 1) != nil || histogram([]float64{1}, 0) != nil {
 		t.Error("histogram of nothing, or of width 0, is not nil")
 	}
-	if s := histString([]int{3, 0, 2}); s != "0s:3 2s:2" {
+	if s := histString([]int{3, 0, 2}, 1); s != "0s:3 2s:2" {
 		t.Errorf("histString = %q", s)
+	}
+	if got, want := rebucket([]int{1, 2, 3, 4, 5, 6, 7}, 5), []int{15, 13}; !slices.Equal(got, want) {
+		t.Errorf("rebucket = %v, want %v", got, want)
+	}
+	if s := histString(rebucket([]int{0, 0, 0, 0, 0, 1, 2}, 5), 5); s != "5s:3" {
+		t.Errorf("histString of 5 s buckets = %q", s)
 	}
 }
 

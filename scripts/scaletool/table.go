@@ -146,7 +146,7 @@ func writeTable(w io.Writer, r scaleRun) {
 			fmt.Fprintf(w, "| | reconnect p50 / p90 / p99 / max | %.1f / %.1f / %.1f / %.1f s | | |\n", rr.Reconnect.P50, rr.Reconnect.P90, rr.Reconnect.P99, rr.Reconnect.Max)
 			fmt.Fprintf(w, "| | failed attempts (by class) | %d %s | | |\n", rr.FailureTotal, classes(rr.Failures))
 			fmt.Fprintf(w, "| | failed attempts per device p50 / p99 / max | %.0f / %.0f / %.0f | | |\n", rr.Attempts.P50, rr.Attempts.P99, rr.Attempts.Max)
-			fmt.Fprintf(w, "| | devices back per second since the drop | %s | | |\n", histString(rr.Histogram))
+			fmt.Fprintf(w, "| | devices back per 5 s since the drop | %s | | |\n", histString(rebucket(rr.Histogram, 5), 5))
 		}
 	}
 	if s := r.Streams; s != nil {
@@ -192,13 +192,22 @@ func classes(m map[string]int) string {
 	return "(" + strings.Join(parts, ", ") + ")"
 }
 
-// histString formats a per-second histogram as "0s:12 1s:300 ...",
-// leaving out empty seconds.
-func histString(h []int) string {
+// rebucket merges every k buckets of h into one.
+func rebucket(h []int, k int) []int {
+	out := make([]int, (len(h)+k-1)/k)
+	for i, c := range h {
+		out[i/k] += c
+	}
+	return out
+}
+
+// histString formats a histogram of buckets width seconds wide as
+// "0s:12 5s:300 ...", leaving out empty buckets.
+func histString(h []int, width int) string {
 	var parts []string
 	for i, c := range h {
 		if c > 0 {
-			parts = append(parts, fmt.Sprintf("%ds:%d", i, c))
+			parts = append(parts, fmt.Sprintf("%ds:%d", i*width, c))
 		}
 	}
 	if len(parts) == 0 {
