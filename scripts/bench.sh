@@ -217,7 +217,6 @@ for p in "${PATH_LIST[@]}"; do
 	esac
 done
 want_path() { [[ ,$PATHS, == *,$1,* ]]; }
-is_dsproxy() { [[ $1 == dsproxy* ]]; }
 
 if want_path ssh; then
 	for tool in sshd ssh ssh-keygen; do
@@ -292,11 +291,11 @@ fi
 for t in "${TARGETS[@]}"; do ENTRY[direct/$t]=${TARGET_PORT[$t]}; done
 log "targets: $(for t in "${TARGETS[@]}"; do printf '%s 127.0.0.1:%s  ' "$t" "${TARGET_PORT[$t]}"; done)"
 
-# start_forwarder PATH NAME PORTVAR... : runs the command in FWD_CMD with
-# one new free port per target (PORTVAR: an array of "-L"-style arguments
-# built by the caller through fwd_args) and waits for every port; retries
-# with new ports when one was taken. Sets FWD_NAME and ENTRY[PATH/target].
-# fwd_args TARGET PORT prints the arguments that forward PORT to TARGET.
+# start_forwarder PATH NAME: runs FWD_CMD (an array) followed by, for every
+# target, the arguments that `fwd_args TARGET PORT` prints (one a line) to
+# forward a new free port to it, and waits until every port accepts; with
+# new ports when one was taken. Sets FWD_NAME (the process's name) and
+# ENTRY[PATH/target].
 start_forwarder() {
 	local path=$1 name=$2 attempt t ok args ports
 	for attempt in 1 2 3 4 5; do
