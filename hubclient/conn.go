@@ -11,7 +11,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/dsproxy/dsproxy/internal/batch"
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
@@ -41,7 +40,7 @@ var ErrStreamClosed = errors.New("stream closed")
 // closes the stream: the WebSocket library cannot abandon a single read.
 type Conn struct {
 	ws     *websocket.Conn
-	batch  *batch.Conn // below TLS: gathers each message's records
+	layers *streamLayers // under ws: send each message in one write
 	ctx    context.Context
 	cancel context.CancelFunc
 	local  net.Addr
@@ -63,8 +62,8 @@ type Conn struct {
 
 var _ net.Conn = (*Conn)(nil)
 
-func newConn(ws *websocket.Conn, bc *batch.Conn, local, remote net.Addr) *Conn {
-	c := &Conn{ws: ws, batch: bc, local: local, remote: remote}
+func newConn(ws *websocket.Conn, layers *streamLayers) *Conn {
+	c := &Conn{ws: ws, layers: layers, local: layers.local, remote: layers.remote}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c
 }
@@ -157,12 +156,12 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// writeMessage sends p as one binary message, its TLS records in one write
-// to the TCP connection.
+// writeMessage sends p as one binary message, in one TLS write and one
+// write to the TCP connection.
 func (c *Conn) writeMessage(p []byte) error {
-	c.batch.Hold()
+	c.layers.hold()
 	err := c.ws.Write(c.ctx, websocket.MessageBinary, p)
-	if ferr := c.batch.Release(); err == nil {
+	if ferr := c.layers.release(); err == nil {
 		err = ferr
 	}
 	return err

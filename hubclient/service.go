@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 
-	"github.com/dsproxy/dsproxy/internal/batch"
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
@@ -40,6 +38,16 @@ type ServiceConfig struct {
 	// TokenTTL is the lifetime of the SAS tokens the client signs; zero
 	// means one hour.
 	TokenTTL time.Duration
+
+	// For a [SessionClient] only: keepalive pings on the session every
+	// KeepAliveInterval, and a hub that does not answer within
+	// ConnectionWriteTimeout is gone (zero values: 15 s and 10 s); the
+	// wait between redials doubles from MinBackoff to MaxBackoff, with
+	// jitter (zero values: 500 ms and 30 s).
+	KeepAliveInterval      time.Duration
+	ConnectionWriteTimeout time.Duration
+	MinBackoff             time.Duration
+	MaxBackoff             time.Duration
 
 	// Logger receives debug logs. The zero value logs nothing.
 	Logger zerolog.Logger
@@ -81,7 +89,7 @@ func (c *ServiceClient) Close() { c.close() }
 // A refusal is a [*RejectedError] (errors.Is ErrRejected) with the device's
 // reason; other failures are [*HubError]s matching ErrDeviceUnavailable,
 // ErrTimeout, ErrUnauthorized, ErrForbidden or ErrRateLimited.
-func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (*Conn, error) {
+func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (Stream, error) {
 	op := fmt.Sprintf("open stream %q to device %q", name, deviceID)
 	auth, err := c.authorization()
 	if err != nil {
@@ -129,22 +137,10 @@ func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (
 
 // dialStream connects one side of a stream to the streaming endpoint.
 //
-// The TCP connection is wrapped in a batch.Conn below TLS, so that the
-// [Conn] can send each message's records in one write.
+// The connection is dialed by streamTransport, so that the [Conn] can send
+// each message in one TLS write and one TCP write.
 func dialStream(ctx context.Context, hc *http.Client, url, token string) (*Conn, error) {
-	var local, remote net.Addr
-	var bc *batch.Conn
-	tr := hc.Transport.(*http.Transport).Clone()
-	dial := tr.DialContext
-	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		local, remote = nc.LocalAddr(), nc.RemoteAddr()
-		bc = batch.New(nc)
-		return bc, nil
-	}
+	tr, layers := streamTransport(hc.Transport.(*http.Transport))
 	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 		HTTPClient: &http.Client{Transport: tr},
 		HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},
@@ -157,7 +153,7 @@ func dialStream(ctx context.Context, hc *http.Client, url, token string) (*Conn,
 	}
 	// The hub enforces its own limit; accept whatever it relays.
 	ws.SetReadLimit(-1)
-	return newConn(ws, bc, local, remote), nil
+	return newConn(ws, layers), nil
 }
 
 func seconds(d time.Duration) int {
