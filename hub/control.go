@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -18,6 +19,7 @@ import (
 	"github.com/dsproxy/dsproxy/hub/registry"
 	"github.com/dsproxy/dsproxy/internal/sas"
 	"github.com/dsproxy/dsproxy/internal/wire"
+	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // session is a device's control session: a yamux client over the device's
@@ -30,6 +32,13 @@ type session struct {
 	token    sas.Token // the device signed in with; see signedWith
 	since    time.Time
 	up       chan struct{} // closed once SessionReady is sent
+	inline   bool          // the device takes inline stream requests
+
+	// active counts the inline streams the session carries; quiet gets a
+	// token whenever it drops to zero. A session that is replaced or that
+	// the hub stops using stays open until they are over.
+	active atomic.Int32
+	quiet  chan struct{}
 
 	// stop asks the session's handler to close it (replaced by a newer
 	// one, device revoked); closed by end.
@@ -46,22 +55,30 @@ var errSessionGone = errors.New("device session closed")
 
 // request delivers one stream request over the session and returns the
 // device's answer. The request must reach the device within deliver; ctx
-// bounds the whole exchange.
-func (c *session) request(ctx context.Context, req *wire.StreamRequest, deliver time.Duration) (wire.StreamResponse, error) {
+// bounds the whole exchange. For an inline request, sent (when not nil) is
+// called once the request is on the control stream, and when the device
+// accepts, the control stream is returned: it carries the stream's data,
+// and the caller must hand it back with release.
+func (c *session) request(ctx context.Context, req *wire.StreamRequest, deliver time.Duration, sent func(*yamux.Stream)) (wire.StreamResponse, *yamux.Stream, error) {
 	// The device takes the first stream it accepts for SessionReady: no
 	// request may overtake it.
 	select {
 	case <-c.up:
 	case <-c.mux.CloseChan():
-		return wire.StreamResponse{}, errSessionGone
+		return wire.StreamResponse{}, nil, errSessionGone
 	case <-ctx.Done():
-		return wire.StreamResponse{}, ctx.Err()
+		return wire.StreamResponse{}, nil, ctx.Err()
 	}
 	st, err := c.mux.OpenStream()
 	if err != nil {
-		return wire.StreamResponse{}, fmt.Errorf("open control stream: %w", errSessionGone)
+		return wire.StreamResponse{}, nil, fmt.Errorf("open control stream: %w", errSessionGone)
 	}
-	defer st.Close()
+	keep := false
+	defer func() {
+		if !keep {
+			st.Close()
+		}
+	}()
 	_ = st.SetWriteDeadline(time.Now().Add(deliver))
 	if dl, ok := ctx.Deadline(); ok {
 		_ = st.SetReadDeadline(dl)
@@ -73,26 +90,64 @@ func (c *session) request(ctx context.Context, req *wire.StreamRequest, deliver 
 
 	var resp wire.StreamResponse
 	err = wire.WriteMessage(st, req)
+	if err == nil && sent != nil {
+		sent(st)
+	}
 	if err == nil {
 		err = wire.ReadMessage(st, &resp)
 	}
 	if err == nil {
 		err = resp.Validate()
 	}
+	if err == nil && req.Inline && resp.Accepted && !stop() {
+		err = ctx.Err() // the deadline above may have hit the stream
+	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return resp, ctx.Err()
+			return resp, nil, ctx.Err()
 		}
 		if c.mux.IsClosed() || errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrConnectionReset) || errors.Is(err, yamux.ErrSessionShutdown) {
-			return resp, fmt.Errorf("%w: %v", errSessionGone, err)
+			return resp, nil, fmt.Errorf("%w: %v", errSessionGone, err)
 		}
 		var ne interface{ Timeout() bool }
 		if errors.As(err, &ne) && ne.Timeout() {
-			return resp, context.DeadlineExceeded
+			return resp, nil, context.DeadlineExceeded
 		}
-		return resp, fmt.Errorf("device answer: %w", err)
+		return resp, nil, fmt.Errorf("device answer: %w", err)
 	}
-	return resp, nil
+	if req.Inline && resp.Accepted {
+		_ = st.SetDeadline(time.Time{})
+		c.active.Add(1)
+		keep = true
+		return resp, st, nil
+	}
+	return resp, nil, nil
+}
+
+// release closes an inline stream's control stream and lets a session that
+// waits for its inline streams go when it was the last.
+func (c *session) release(st *yamux.Stream) {
+	st.Close()
+	if c.active.Add(-1) == 0 {
+		select {
+		case c.quiet <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// retire waits until the session carries no inline stream, the session
+// dies or ctx ends.
+func (c *session) retire(ctx context.Context) {
+	for c.active.Load() > 0 {
+		select {
+		case <-c.quiet:
+		case <-c.mux.CloseChan():
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // ready tells the device that stream requests now reach it.
@@ -140,19 +195,20 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	// The session outlives this request: its lifetime is the hub's.
 	ctx, drop := context.WithCancel(s.ctx)
 	defer drop()
-	nc := websocket.NetConn(ctx, ws, websocket.MessageBinary)
-	ycfg := yamux.DefaultConfig()
-	ycfg.EnableKeepAlive = true
-	ycfg.KeepAliveInterval = s.cfg.KeepAliveInterval
-	ycfg.ConnectionWriteTimeout = s.cfg.ConnectionWriteTimeout
-	ycfg.StreamOpenTimeout = s.cfg.ConnectionWriteTimeout
 	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
-	ycfg.LogOutput, ycfg.Logger = nil, yamuxLogger(sessLog) // why a session broke, at debug
-	mux, err := yamux.Client(nc, ycfg)
+	// yamux's complaints say why a session broke: at debug.
+	nc := wsmux.Conn(ctx, ws)
+	mux, err := yamux.Client(nc, wsmux.Config(yamuxLogger(sessLog)))
 	if err != nil {
 		ws.CloseNow()
 		return
 	}
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
+	}()
+	defer func() { <-watching }() // it returns once mux.Close below has run
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	c := &session{
 		deviceID: id,
@@ -163,6 +219,8 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		since:    time.Now(),
 		stop:     make(chan struct{}),
 		up:       make(chan struct{}),
+		inline:   slices.Contains(headerTokens(r.Header, wire.HeaderFeatures), wire.FeatureInline),
+		quiet:    make(chan struct{}, 1),
 	}
 	refusing := make(chan struct{})
 	go func() {
@@ -186,17 +244,26 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	why := "session ended"
 	select {
 	case <-mux.CloseChan():
+	case <-c.stop:
+		why = "session replaced or revoked"
+	case <-s.stopping:
+		why = "hub shutting down"
+	case <-ctx.Done():
+	}
+	if !mux.IsClosed() && c.active.Load() > 0 {
+		// Route nothing more here, but let the inline streams the session
+		// carries run to their end (a revocation or the end of the
+		// shutdown grace ends them).
+		s.removeSession(c)
+		c.retire(ctx)
+	}
+	if mux.IsClosed() {
 		// The session died by itself. Unless the device closed it (its
 		// close frame reads as io.EOF), the device is lost: a keepalive
 		// or stream-open timeout, a broken connection.
 		if err := sessionErr(mux); readyErr == nil && !errors.Is(err, io.EOF) {
 			lost = err
 		}
-	case <-c.stop:
-		why = "session replaced or revoked"
-	case <-s.stopping:
-		why = "hub shutting down"
-	case <-ctx.Done():
 	}
 	// Unavailable at once, before the close handshake, which a frozen
 	// device makes wait.

@@ -84,36 +84,41 @@ func errHubShuttingDown() *apiError {
 }
 
 // deliver sends st's request to the device over sess and returns the
-// device's answer. When sess ends during delivery because a newer session
-// of the device replaced it, deliver tries once more over the newer one,
-// with a new device token (the old session may have seen the first), so a
-// device that switches sessions loses no stream.
-func (s *Server) deliver(ctx context.Context, st *stream, sess *session, connectTO time.Duration) (wire.StreamResponse, error) {
+// device's answer, and for an accepted inline stream the control stream
+// that carries its data (sent is called once the request is on it). When
+// sess ends during delivery because a newer session of the device
+// replaced it, deliver tries once more over the newer one, with a new
+// device token (the old session may have seen the first), so a device
+// that switches sessions loses no stream. An inline request is not tried
+// again: the service's first bytes may already have gone to the old one.
+func (s *Server) deliver(ctx context.Context, st *stream, sess *session, connectTO time.Duration, sent func(*yamux.Stream)) (wire.StreamResponse, *yamux.Stream, error) {
 	for attempt := 0; ; attempt++ {
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
-			return wire.StreamResponse{}, errShuttingDown
+			return wire.StreamResponse{}, nil, errShuttingDown
 		}
 		st.sess = sess
 		req := &wire.StreamRequest{
-			StreamID:  st.id,
-			Name:      st.name,
-			URL:       s.streamURL(st.id),
-			AuthToken: st.tokens[sideDevice],
-			Deadline:  st.deadline,
+			StreamID: st.id,
+			Name:     st.name,
+			Deadline: st.deadline,
+			Inline:   st.inline,
+		}
+		if !st.inline {
+			req.URL, req.AuthToken = s.streamURL(st.id), st.tokens[sideDevice]
 		}
 		s.mu.Unlock()
-		resp, err := sess.request(ctx, req, connectTO)
+		resp, ctl, err := sess.request(ctx, req, connectTO, sent)
 		if err == nil || !errors.Is(err, errSessionGone) {
-			return resp, err
+			return resp, ctl, err
 		}
 		if s.isClosing() {
-			return resp, errShuttingDown
+			return resp, nil, errShuttingDown
 		}
 		newer := s.sessionFor(st.deviceID)
-		if attempt > 0 || newer == nil || newer == sess {
-			return resp, err
+		if attempt > 0 || st.inline || newer == nil || newer == sess {
+			return resp, nil, err
 		}
 		st.log.Debug().Msg("device session replaced during delivery: retrying over the newer one")
 		s.mu.Lock()

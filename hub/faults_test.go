@@ -221,7 +221,7 @@ func within(t *testing.T, what string, cond func() bool) time.Duration {
 }
 
 // openEcho opens a stream named "echo" to id with sc.
-func openEcho(t *testing.T, sc *hubclient.ServiceClient, id string) (*hubclient.Conn, error) {
+func openEcho(t *testing.T, sc *hubclient.ServiceClient, id string) (hubclient.Stream, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
 	defer cancel()

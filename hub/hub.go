@@ -452,6 +452,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /devices/{id}/control", s.handleControl)
 	mux.HandleFunc("POST /twins/{id}/streams/{name}", s.handleInitiate)
 	mux.HandleFunc("GET /streams/{id}", s.handleStream)
+	mux.HandleFunc("GET /service/session", s.handleServiceSession)
 	mux.HandleFunc("GET /devices", s.handleListDevices)
 	mux.HandleFunc("GET /devices/{id}", s.handleGetDevice)
 	mux.HandleFunc("PUT /devices/{id}", s.handlePutDevice)

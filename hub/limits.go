@@ -11,12 +11,9 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/rs/zerolog"
 
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
@@ -129,15 +126,10 @@ func (l *limiter) release(deviceID string, wasPaired bool) {
 	}
 }
 
-// throttle refuses a stream initiation with 429 and Retry-After in whole
-// seconds (at least one), and records it.
-func (s *Server) throttle(w http.ResponseWriter, r *http.Request, log zerolog.Logger, id, name, policy string, le *limitError) {
-	secs := int64(math.Ceil(le.retryAfter.Seconds()))
-	if secs < 1 {
-		secs = 1
-	}
-	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-	s.refuse(w, r, log, id, name, policy, "throttled", &apiError{http.StatusTooManyRequests, wire.CodeTooManyRequests, "ThrottlingException", le.msg})
+// errThrottled is the 429 of an initiation a limit refused; the caller
+// sends Retry-After in whole seconds (at least one).
+func errThrottled(le *limitError) *apiError {
+	return &apiError{http.StatusTooManyRequests, wire.CodeTooManyRequests, "ThrottlingException", le.msg}
 }
 
 // tokenBucket is a token bucket: it holds at most burst tokens and gains

@@ -5,13 +5,16 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 	"unicode"
 
 	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/dsproxy/dsproxy/hub/registry"
@@ -65,9 +68,16 @@ type stream struct {
 	// buffered, sent to without blocking.
 	stop chan end
 
+	// A session stream (the fast path): carried over the service's session
+	// (svc) and the device's control session instead of two WebSockets.
+	// Set before the stream is delivered, then read-only.
+	inline bool
+	svc    *svcSession
+
 	// guarded by Server.mu
 	sess     *session // the control session the request went over
 	accepted bool     // the device accepted: the stream's end is an event
+	paired   bool     // both sides are connected: the limiter counts it as such
 	used     [2]bool
 	conns    [2]*websocket.Conn
 	batches  [2]*batch.Conn // under conns, when served by Run (relay.go)
@@ -136,7 +146,7 @@ func (s *Server) endLocked(st *stream) {
 	}
 	st.closed = true
 	st.timer.Stop()
-	s.lim.release(st.deviceID, st.conns[0] != nil && st.conns[1] != nil)
+	s.lim.release(st.deviceID, st.paired)
 	delete(s.streams, st.id)
 	delete(s.relays, st)
 	close(st.ended)
@@ -191,105 +201,175 @@ func (s *Server) handleInitiate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, http.StatusBadRequest, errBadRequest(wire.HeaderResponseTimeout+": "+err.Error()))
 		return
 	}
-	log := s.log.With().Str(fieldDevice, id).Str(fieldName, name).Str(fieldPolicy, p.policy).Logger()
-	if le := s.lim.allow(p.policy, time.Now()); le != nil {
-		s.throttle(w, r, log, id, name, p.policy, le)
-		return
+	st, resp, _, ref := s.initiate(r.Context(), initiation{
+		policy: p.policy, deviceID: id, name: name, connectTO: connectTO, responseTO: responseTO,
+	})
+	switch {
+	case ref != nil:
+		if ref.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.FormatInt(retrySeconds(ref.retryAfter), 10))
+		}
+		s.writeError(w, r, ref.status, ref.apiError)
+	case st == nil:
+		// The service went away before the device answered: nobody to
+		// answer.
+	case !resp.Accepted:
+		w.Header().Set(wire.HeaderIsAccepted, wire.NotAccepted)
+		writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: false, Reason: resp.Reason})
+	default:
+		url := s.streamURL(st.id)
+		w.Header().Set(wire.HeaderIsAccepted, wire.Accepted)
+		w.Header().Set(wire.HeaderURL, url)
+		w.Header().Set(wire.HeaderAuthToken, st.tokens[sideService])
+		writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: true, URL: url, AuthToken: st.tokens[sideService]})
 	}
+}
 
+// initiation is a request for a stream, from a POST or a service session.
+type initiation struct {
+	policy, deviceID, name string
+	connectTO, responseTO  time.Duration
+
+	// Set for a session stream: the device's data comes on the control
+	// stream (wire.StreamRequest.Inline). svc is the service's session;
+	// sent, when set, is called with the control stream once the request
+	// is on it, so the service's first bytes can follow at once.
+	inline bool
+	svc    *svcSession
+	sent   func(*stream, *yamux.Stream)
+}
+
+// refusal is an initiation refused before or instead of a device's
+// answer: the error to send, and for 429 how long to wait.
+type refusal struct {
+	*apiError
+	retryAfter time.Duration
+}
+
+// initiate runs a stream initiation: the policy's rate, the hub's state,
+// the registry, the device's session and the hub's limits, then the
+// device's answer. It records every outcome but acceptance (the stream's
+// end is recorded then). It returns the stream and the device's answer
+// (with a reason when rejected), or a refusal; for an accepted inline
+// stream also the control stream that carries the data. All nil means the
+// caller's ctx ended before the device answered.
+func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.StreamResponse, *yamux.Stream, *refusal) {
+	var none wire.StreamResponse
+	id, name, policy := in.deviceID, in.name, in.policy
+	log := s.log.With().Str(fieldDevice, id).Str(fieldName, name).Str(fieldPolicy, policy).Logger()
+	refuse := func(log zerolog.Logger, result string, aerr *apiError, retryAfter time.Duration) *refusal {
+		s.refused(log, id, name, policy, result, aerr)
+		return &refusal{aerr, retryAfter}
+	}
+	if le := s.lim.allow(policy, time.Now()); le != nil {
+		return nil, none, nil, refuse(log, "throttled", errThrottled(le), le.retryAfter)
+	}
 	if !s.track() {
-		s.refuse(w, r, log, id, name, p.policy, resultShutdown, errHubShuttingDown())
-		return
+		return nil, none, nil, refuse(log, resultShutdown, errHubShuttingDown(), 0)
 	}
 	defer s.conns.Done()
 
-	dev, err := s.reg.GetDevice(r.Context(), id)
+	dev, err := s.reg.GetDevice(ctx, id)
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
-		s.refuse(w, r, log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceNotFound, "DeviceNotFound",
-			fmt.Sprintf("device %q is not registered on this hub", id)})
-		return
+		return nil, none, nil, refuse(log, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceNotFound, "DeviceNotFound",
+			fmt.Sprintf("device %q is not registered on this hub", id)}, 0)
 	case err != nil:
-		s.refuse(w, r, log, id, name, p.policy, "error", &apiError{http.StatusInternalServerError, wire.CodeInternal, "ServerError", "registry unavailable"})
-		return
+		return nil, none, nil, refuse(log, "error", &apiError{http.StatusInternalServerError, wire.CodeInternal, "ServerError", "registry unavailable"}, 0)
 	case dev.Status != registry.StatusEnabled:
-		s.refuse(w, r, log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
-			fmt.Sprintf("device %q is disabled", id)})
-		return
+		return nil, none, nil, refuse(log, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
+			fmt.Sprintf("device %q is disabled", id)}, 0)
 	}
 	sess := s.sessionFor(id)
-	if sess == nil {
-		s.refuse(w, r, log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
-			fmt.Sprintf("device %q is not connected: is dsproxy device running there?", id)})
-		return
+	switch {
+	case sess == nil:
+		return nil, none, nil, refuse(log, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
+			fmt.Sprintf("device %q is not connected: is dsproxy device running there?", id)}, 0)
+	case in.inline && !sess.inline:
+		return nil, none, nil, refuse(log, "error", &apiError{http.StatusNotImplemented, wire.CodeNotImplemented, "NotImplemented",
+			fmt.Sprintf("device %q runs a dsproxy that takes no session streams: upgrade it, or use per-stream mode", id)}, 0)
 	}
 
 	if le := s.lim.admit(id); le != nil {
-		s.throttle(w, r, log, id, name, p.policy, le)
-		return
+		return nil, none, nil, refuse(log, "throttled", errThrottled(le), le.retryAfter)
 	}
-	st := s.newStream(id, name, p.policy)
-	ctx, cancel := context.WithTimeout(r.Context(), responseTO)
+	st := s.newStream(id, name, policy)
+	st.inline, st.svc = in.inline, in.svc
+	dctx, cancel := context.WithTimeout(ctx, in.responseTO)
 	defer cancel()
-	resp, err := s.deliver(ctx, st, sess, connectTO)
+	var sent func(*yamux.Stream)
+	if in.sent != nil {
+		sent = func(ctl *yamux.Stream) { in.sent(st, ctl) }
+	}
+	resp, ctl, err := s.deliver(dctx, st, sess, in.connectTO, sent)
 	s.metrics.answered(st.created)
 	if err != nil {
 		s.drop(st)
 		switch {
 		case errors.Is(err, errShuttingDown):
-			s.refuse(w, r, st.log, id, name, p.policy, resultShutdown, errHubShuttingDown())
+			return nil, none, nil, refuse(st.log, resultShutdown, errHubShuttingDown(), 0)
 		case errors.Is(err, context.DeadlineExceeded):
-			s.refuse(w, r, st.log, id, name, p.policy, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
-				fmt.Sprintf("device %q did not answer the stream request within %s", id, responseTO)})
+			return nil, none, nil, refuse(st.log, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
+				fmt.Sprintf("device %q did not answer the stream request within %s", id, in.responseTO)}, 0)
 		case errors.Is(err, context.Canceled):
 			st.log.Debug().Msg("service went away before the device answered")
 			s.recordEvent(st, "canceled", "service went away before the device answered")
+			return nil, none, nil, nil
 		case !errors.Is(err, errSessionGone):
 			// The device answered, but not with a StreamResponse.
-			s.refuse(w, r, st.log, id, name, p.policy, "error", &apiError{http.StatusBadGateway, wire.CodeBadGateway, "BadGateway",
-				fmt.Sprintf("device %q sent an invalid answer to the stream request: %v", id, err)})
+			return nil, none, nil, refuse(st.log, "error", &apiError{http.StatusBadGateway, wire.CodeBadGateway, "BadGateway",
+				fmt.Sprintf("device %q sent an invalid answer to the stream request: %v", id, err)}, 0)
 		default:
 			st.log.Debug().Err(err).Msg("stream request not delivered")
-			s.refuse(w, r, st.log, id, name, p.policy, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
-				fmt.Sprintf("device %q disconnected before answering", id)})
+			return nil, none, nil, refuse(st.log, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
+				fmt.Sprintf("device %q disconnected before answering", id)}, 0)
 		}
-		return
 	}
 	if !resp.Accepted {
 		s.drop(st)
-		reason := resp.Reason
-		if reason == "" {
-			reason = "rejected by the device"
+		if resp.Reason == "" {
+			resp.Reason = "rejected by the device"
 		}
-		st.log.Info().Str("reason", reason).Msg("stream rejected by device")
-		s.recordEvent(st, "rejected", reason)
-		w.Header().Set(wire.HeaderIsAccepted, wire.NotAccepted)
-		writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: false, Reason: reason})
-		return
+		st.log.Info().Str("reason", resp.Reason).Msg("stream rejected by device")
+		s.recordEvent(st, "rejected", resp.Reason)
+		return st, resp, nil, nil
 	}
 	s.mu.Lock()
 	st.accepted = true
 	late := st.closed // expired while the device was deciding
+	if !late && ctl != nil {
+		// An inline stream is relayed from now on.
+		st.timer.Stop()
+		st.paired = true
+		s.lim.paired()
+		delete(s.streams, st.id)
+		s.relays[st] = struct{}{}
+	}
 	s.mu.Unlock()
 	if late {
-		s.refuse(w, r, st.log, id, name, p.policy, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
-			fmt.Sprintf("device %q accepted the stream after its handshake deadline", id)})
-		return
+		if ctl != nil {
+			sess.release(ctl)
+		}
+		return nil, none, nil, refuse(st.log, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
+			fmt.Sprintf("device %q accepted the stream after its handshake deadline", id)}, 0)
 	}
 	s.metrics.streamStarted()
-	url := s.streamURL(st.id)
-	w.Header().Set(wire.HeaderIsAccepted, wire.Accepted)
-	w.Header().Set(wire.HeaderURL, url)
-	w.Header().Set(wire.HeaderAuthToken, st.tokens[sideService])
-	writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: true, URL: url, AuthToken: st.tokens[sideService]})
+	if ctl != nil {
+		s.metrics.paired(st.created)
+	}
+	return st, resp, ctl, nil
 }
 
-// refuse answers a stream initiation that never reached a device, and
-// records it.
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, log zerolog.Logger, id, name, policy, result string, aerr *apiError) {
+// retrySeconds is a Retry-After in whole seconds, at least one.
+func retrySeconds(d time.Duration) int64 {
+	return max(int64(math.Ceil(d.Seconds())), 1)
+}
+
+// refused logs and records a stream initiation that never reached a
+// device.
+func (s *Server) refused(log zerolog.Logger, id, name, policy, result string, aerr *apiError) {
 	log.Info().Str("result", result).Str("reason", aerr.msg).Msg("stream refused")
 	s.addEvent(registry.StreamEvent{DeviceID: id, Name: name, Policy: policy, Result: result, Reason: aerr.msg, Started: time.Now()})
-	s.writeError(w, r, aerr.status, aerr)
 }
 
 func (s *Server) recordEvent(st *stream, result, reason string) {
@@ -393,6 +473,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	paired := st.conns[0] != nil && st.conns[1] != nil
 	if paired {
 		st.timer.Stop()
+		st.paired = true
 		s.lim.paired()
 		s.metrics.paired(st.created)
 		delete(s.streams, st.id)
@@ -415,11 +496,5 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.endLocked(st)
 	s.mu.Unlock()
-	st.log.Info().
-		Int64("bytes_up", st.bytesUp.Load()).
-		Int64("bytes_down", st.bytesDown.Load()).
-		Stringer("duration", time.Since(st.created).Round(time.Millisecond)).
-		Str("reason", reason).
-		Msg("stream ended")
-	s.recordEvent(st, result, reason)
+	s.streamEnded(st, result, reason)
 }

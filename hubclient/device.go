@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dsproxy/dsproxy/internal/wire"
+	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // DeviceConfig configures a [DeviceClient].
@@ -72,14 +73,24 @@ type StreamRequest struct {
 	dev      *DeviceClient
 	url      string
 	token    string
-	ctl      net.Conn // the control stream the answer goes on
+	ctl      *yamux.Stream // the control stream the answer goes on
+	ctlAddrs [2]net.Addr   // the control session's local and remote addresses
+	inline   bool          // the data follows on ctl (see Accept)
 	answered bool
 }
 
 // Accept tells the hub the device takes the stream and connects this side
 // of it. ctx bounds the connection; the returned stream lives until
-// closed.
-func (r *StreamRequest) Accept(ctx context.Context) (*Conn, error) {
+// closed. A stream requested over a service's session (the fast path) is
+// carried by the control session itself: Accept then connects nothing,
+// and the service's first bytes may already be waiting.
+func (r *StreamRequest) Accept(ctx context.Context) (Stream, error) {
+	if r.inline {
+		if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
+			return nil, err
+		}
+		return newSessionConn(r.ctl, r.ctlAddrs[0], r.ctlAddrs[1], nil), nil
+	}
 	if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
 		return nil, err
 	}
@@ -112,9 +123,17 @@ func (r *StreamRequest) answer(resp wire.StreamResponse) error {
 		return errors.New("stream request already answered")
 	}
 	r.answered = true
-	defer r.ctl.Close()
+	keep := r.inline && resp.Accepted // the stream's data follows on ctl
+	if !keep {
+		defer r.ctl.Close()
+	}
 	_ = r.ctl.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if err := wire.WriteMessage(r.ctl, &resp); err != nil {
+	err := wire.WriteMessage(r.ctl, &resp)
+	_ = r.ctl.SetWriteDeadline(time.Time{})
+	if err != nil {
+		if keep {
+			r.ctl.Close()
+		}
 		return fmt.Errorf("answer stream request %s: %w", r.ID, err)
 	}
 	return nil
@@ -243,7 +262,7 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	ws, resp, err := websocket.Dial(dialCtx, c.url("wss", "/devices/"+pathEscape(c.cs.DeviceID)+"/control?api-version=2020-09-30"), &websocket.DialOptions{
 		HTTPClient:   c.http,
-		HTTPHeader:   http.Header{"Authorization": {auth}},
+		HTTPHeader:   http.Header{"Authorization": {auth}, wire.HeaderFeatures: {wire.FeatureInline}},
 		Subprotocols: []string{wire.ControlSubprotocol},
 	})
 	cancel()
@@ -279,17 +298,19 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 		}
 		release()
 	}()
-	nc := websocket.NetConn(sctx, ws, websocket.MessageBinary)
-	ycfg := yamux.DefaultConfig()
-	ycfg.EnableKeepAlive = true
-	ycfg.KeepAliveInterval = c.cfg.KeepAliveInterval
-	ycfg.ConnectionWriteTimeout = c.cfg.ConnectionWriteTimeout
-	ycfg.LogOutput = io.Discard
-	mux, err := yamux.Server(nc, ycfg)
+	nc := wsmux.Conn(sctx, ws)
+	addrs := [2]net.Addr{nc.LocalAddr(), nc.RemoteAddr()}
+	mux, err := yamux.Server(nc, wsmux.Config(nil))
 	if err != nil {
 		ws.CloseNow()
 		return fmt.Errorf("control session: %w", err)
 	}
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		_ = wsmux.Keepalive(mux, nc, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
+	}()
+	defer func() { <-watching }()
 	defer mux.Close()
 	stopOnCancel := context.AfterFunc(ctx, func() { mux.Close() })
 	defer stopOnCancel()
@@ -320,7 +341,7 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 		go func() {
 			defer handlers.Done()
 			defer release()
-			c.serve(hctx, st)
+			c.serve(hctx, st, addrs)
 		}()
 	}
 }
@@ -343,7 +364,7 @@ func awaitReady(mux *yamux.Session, timeout time.Duration) error {
 }
 
 // serve reads one stream request and runs the handler on it.
-func (c *DeviceClient) serve(ctx context.Context, st *yamux.Stream) {
+func (c *DeviceClient) serve(ctx context.Context, st *yamux.Stream, addrs [2]net.Addr) {
 	_ = st.SetReadDeadline(time.Now().Add(c.cfg.ConnectionWriteTimeout))
 	var msg wire.StreamRequest
 	err := wire.ReadMessage(st, &msg)
@@ -364,6 +385,8 @@ func (c *DeviceClient) serve(ctx context.Context, st *yamux.Stream) {
 		url:      msg.URL,
 		token:    msg.AuthToken,
 		ctl:      st,
+		ctlAddrs: addrs,
+		inline:   msg.Inline,
 	}
 	c.handler(ctx, req)
 	if !req.answered {

@@ -31,6 +31,9 @@ var (
 	// ErrRateLimited: the hub asks to retry later (after
 	// HubError.RetryAfter).
 	ErrRateLimited = errors.New("rate limited")
+	// ErrSessionLost: the session to the hub that carried a session stream
+	// ended (the hub went away, or stopped answering keepalives).
+	ErrSessionLost = errors.New("session to the hub lost")
 )
 
 // HubError is a request the hub answered with an error status.

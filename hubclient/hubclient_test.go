@@ -77,12 +77,12 @@ func startDevice(t *testing.T, w *dsproxytest.Hub, connStr string, h hubclient.S
 // accepter is a stream handler that accepts every request and hands the
 // device's side of each stream to the test.
 type accepter struct {
-	conns chan *hubclient.Conn
+	conns chan hubclient.Stream
 	errs  chan error
 }
 
 func newAccepter() *accepter {
-	return &accepter{conns: make(chan *hubclient.Conn, 16), errs: make(chan error, 16)}
+	return &accepter{conns: make(chan hubclient.Stream, 16), errs: make(chan error, 16)}
 }
 
 func (a *accepter) handle(ctx context.Context, req *hubclient.StreamRequest) {
@@ -96,7 +96,7 @@ func (a *accepter) handle(ctx context.Context, req *hubclient.StreamRequest) {
 
 // next returns the device's side of the next accepted stream; it is closed
 // at cleanup.
-func (a *accepter) next(t *testing.T) *hubclient.Conn {
+func (a *accepter) next(t *testing.T) hubclient.Stream {
 	t.Helper()
 	select {
 	case c := <-a.conns:
@@ -112,7 +112,7 @@ func (a *accepter) next(t *testing.T) *hubclient.Conn {
 }
 
 // open opens a stream with the hub's owner client.
-func open(t *testing.T, w *dsproxytest.Hub, id, name string) (*hubclient.Conn, error) {
+func open(t *testing.T, w *dsproxytest.Hub, id, name string) (hubclient.Stream, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
 	defer cancel()
@@ -390,14 +390,14 @@ func TestStreamEnds(t *testing.T) {
 	acc := newAccepter()
 	startDevice(t, w, w.AddDevice(t, "dev1"), acc.handle)
 
-	pair := func(t *testing.T) (svc, dev *hubclient.Conn) {
+	pair := func(t *testing.T) (svc, dev hubclient.Stream) {
 		svc, err := open(t, w, "dev1", "s")
 		if err != nil {
 			t.Fatal(err)
 		}
 		return svc, acc.next(t)
 	}
-	readEnd := func(t *testing.T, c *hubclient.Conn) error {
+	readEnd := func(t *testing.T, c hubclient.Stream) error {
 		t.Helper()
 		start := time.Now()
 		_, err := io.ReadAll(c)

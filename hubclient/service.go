@@ -39,6 +39,16 @@ type ServiceConfig struct {
 	// means one hour.
 	TokenTTL time.Duration
 
+	// For a [SessionClient] only: keepalive pings on the session every
+	// KeepAliveInterval, and a hub that does not answer within
+	// ConnectionWriteTimeout is gone (zero values: 15 s and 10 s); the
+	// wait between redials doubles from MinBackoff to MaxBackoff, with
+	// jitter (zero values: 500 ms and 30 s).
+	KeepAliveInterval      time.Duration
+	ConnectionWriteTimeout time.Duration
+	MinBackoff             time.Duration
+	MaxBackoff             time.Duration
+
 	// Logger receives debug logs. The zero value logs nothing.
 	Logger zerolog.Logger
 }
@@ -79,7 +89,7 @@ func (c *ServiceClient) Close() { c.close() }
 // A refusal is a [*RejectedError] (errors.Is ErrRejected) with the device's
 // reason; other failures are [*HubError]s matching ErrDeviceUnavailable,
 // ErrTimeout, ErrUnauthorized, ErrForbidden or ErrRateLimited.
-func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (*Conn, error) {
+func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (Stream, error) {
 	op := fmt.Sprintf("open stream %q to device %q", name, deviceID)
 	auth, err := c.authorization()
 	if err != nil {

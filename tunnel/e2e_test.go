@@ -31,10 +31,31 @@ func dial(t *testing.T, addr string) *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
+// modes are the two ways a service proxy carries connections: a
+// WebSocket per stream, and streams over one session.
+var modes = []struct {
+	name  string
+	start func(w *dsproxytest.Hub, t testing.TB, deviceID, name string) string
+}{
+	{"per-stream", (*dsproxytest.Hub).StartService},
+	{"session", (*dsproxytest.Hub).StartSessionService},
+}
+
+// eachMode runs f as a subtest per mode.
+func eachMode(t *testing.T, f func(t *testing.T, start func(w *dsproxytest.Hub, t testing.TB, deviceID, name string) string)) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) { f(t, m.start) })
+	}
+}
+
 func TestEcho(t *testing.T) {
+	eachMode(t, testEcho)
+}
+
+func testEcho(t *testing.T, start func(w *dsproxytest.Hub, t testing.TB, deviceID, name string) string) {
 	w := dsproxytest.NewHub(t)
 	w.StartDevice(t, "dev1", "ssh="+dsproxytest.Echo(t))
-	addr := w.StartService(t, "dev1", "ssh")
+	addr := start(w, t, "dev1", "ssh")
 
 	c := dial(t, addr)
 	msg := []byte("hello through the hub")
@@ -53,6 +74,10 @@ func TestEcho(t *testing.T) {
 // TestHalfClose: the client shuts its write side, the target reads to EOF,
 // then answers, and the answer arrives.
 func TestHalfClose(t *testing.T) {
+	eachMode(t, testHalfClose)
+}
+
+func testHalfClose(t *testing.T, start func(w *dsproxytest.Hub, t testing.TB, deviceID, name string) string) {
 	w := dsproxytest.NewHub(t)
 	target := dsproxytest.Serve(t, func(c *net.TCPConn) {
 		data, err := io.ReadAll(c) // to EOF: needs the half-close to arrive
@@ -64,7 +89,7 @@ func TestHalfClose(t *testing.T) {
 		c.CloseWrite()
 	})
 	w.StartDevice(t, "dev1", target)
-	addr := w.StartService(t, "dev1", "anything")
+	addr := start(w, t, "dev1", "anything")
 
 	c := dial(t, addr)
 	data := make([]byte, 3<<20)
@@ -87,6 +112,10 @@ func TestHalfClose(t *testing.T) {
 
 // TestConcurrentStreams: 100 streams at once, each moving 4 MiB each way.
 func TestConcurrentStreams(t *testing.T) {
+	eachMode(t, testConcurrentStreams)
+}
+
+func testConcurrentStreams(t *testing.T, start func(w *dsproxytest.Hub, t testing.TB, deviceID, name string) string) {
 	const streams = 100
 	size := 4 << 20
 	if testing.Short() {
@@ -94,7 +123,7 @@ func TestConcurrentStreams(t *testing.T) {
 	}
 	w := dsproxytest.NewHub(t)
 	w.StartDevice(t, "dev1", dsproxytest.Echo(t))
-	addr := w.StartService(t, "dev1", "ssh")
+	addr := start(w, t, "dev1", "ssh")
 
 	var wg sync.WaitGroup
 	errs := make(chan error, streams)

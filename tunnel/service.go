@@ -14,9 +14,10 @@ import (
 	"github.com/dsproxy/dsproxy/hubclient"
 )
 
-// Opener opens streams to devices; *hubclient.ServiceClient is one.
+// Opener opens streams to devices: *hubclient.ServiceClient (a WebSocket
+// per stream) and *hubclient.SessionClient (streams over one session).
 type Opener interface {
-	OpenStream(ctx context.Context, deviceID, name string) (*hubclient.Conn, error)
+	OpenStream(ctx context.Context, deviceID, name string) (hubclient.Stream, error)
 }
 
 // ServiceConfig configures a [Service].

@@ -96,6 +96,9 @@ type StreamRequest struct {
 	URL       string    `json:"url"`
 	AuthToken string    `json:"authToken"`
 	Deadline  time.Time `json:"deadline"`
+	// Inline asks for a session stream (see OpenStream): the answer's
+	// yamux stream carries the data, and URL and AuthToken are empty.
+	Inline bool `json:"inline,omitempty"`
 }
 
 // Validate reports whether r is complete.
@@ -105,9 +108,11 @@ func (r *StreamRequest) Validate() error {
 		return errors.New("stream request: no streamId")
 	case r.Name == "" || len(r.Name) > MaxStreamNameLen:
 		return fmt.Errorf("stream request: stream name must be 1 to %d bytes", MaxStreamNameLen)
-	case r.URL == "":
+	case r.Inline && (r.URL != "" || r.AuthToken != ""):
+		return errors.New("stream request: an inline request has no url or authToken")
+	case !r.Inline && r.URL == "":
 		return errors.New("stream request: no url")
-	case r.AuthToken == "":
+	case !r.Inline && r.AuthToken == "":
 		return errors.New("stream request: no authToken")
 	case r.Deadline.IsZero():
 		return errors.New("stream request: no deadline")
@@ -196,6 +201,7 @@ const (
 	CodePreconditionFailed  = 412002
 	CodeTooManyRequests     = 429001
 	CodeInternal            = 500001
+	CodeNotImplemented      = 501001 // the device takes no session streams
 	CodeBadGateway          = 502101 // the device's answer was not a StreamResponse
 	CodeGatewayTimeout      = 504101
 	CodeServiceUnavailable  = 503001

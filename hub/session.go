@@ -1,0 +1,436 @@
+package hub
+
+// Service sessions (the fast path; internal/wire describes the protocol).
+// A service proxy holds one session and opens a yamux stream per stream;
+// the hub asks the device over its control session with an inline request
+// and, on acceptance, splices the service's yamux stream to the device's
+// control stream, frame by frame. No TCP, TLS or WebSocket handshake per
+// stream, and the service's first bytes follow the request to the device
+// before it has answered. Everything else is the per-stream flow's:
+// initiate (limits, registry, events, metrics), the handshake deadline,
+// revocation, loss and shutdown through the stream's stop channel.
+//
+// Liveness: the relay pings nothing; the two sessions' yamux keepalives
+// do. A lost session ends the streams it carried (ClosePeerLost); a stream
+// whose reader stalls holds only its own yamux window.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
+
+	"github.com/dsproxy/dsproxy/hub/registry"
+	"github.com/dsproxy/dsproxy/internal/sas"
+	"github.com/dsproxy/dsproxy/internal/wire"
+	"github.com/dsproxy/dsproxy/internal/wsmux"
+)
+
+// svcSession is a service's session.
+type svcSession struct {
+	policy string
+	token  sas.Token // the service signed in with
+	since  time.Time
+	log    zerolog.Logger
+}
+
+func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
+	p, ok := s.require(w, r, "", registry.ServiceConnect)
+	if !ok {
+		return
+	}
+	if !slices.Contains(headerTokens(r.Header, "Sec-WebSocket-Protocol"), wire.SessionSubprotocol) {
+		s.writeError(w, r, http.StatusBadRequest, errBadRequest("a service session needs the WebSocket subprotocol "+wire.SessionSubprotocol))
+		return
+	}
+	if !s.track() {
+		s.writeError(w, r, http.StatusServiceUnavailable, errHubShuttingDown())
+		return
+	}
+	defer s.conns.Done()
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:       []string{wire.SessionSubprotocol},
+		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
+	})
+	if err != nil {
+		s.log.Debug().Err(err).Msg("session upgrade failed")
+		return
+	}
+	// The session outlives this request: its lifetime is the hub's.
+	ctx, drop := context.WithCancel(s.ctx)
+	defer drop()
+	log := s.log.With().Str(fieldPolicy, p.policy).Str(fieldRemote, r.RemoteAddr).Logger()
+	nc := wsmux.Conn(ctx, ws)
+	mux, err := yamux.Server(nc, wsmux.Config(yamuxLogger(log)))
+	if err != nil {
+		ws.CloseNow()
+		return
+	}
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
+	}()
+	defer func() { <-watching }() // it returns once mux.Close below has run
+	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
+	ss := &svcSession{policy: p.policy, token: tok, since: time.Now(), log: log}
+	log.Info().Msg("service session up")
+
+	var streams sync.WaitGroup
+	accepting := make(chan struct{})
+	go func() {
+		defer close(accepting)
+		for {
+			st, err := mux.AcceptStream()
+			if err != nil {
+				return
+			}
+			streams.Add(1)
+			go func() {
+				defer streams.Done()
+				s.serveSessionStream(ctx, ss, st)
+			}()
+		}
+	}()
+	why := "session ended"
+	select {
+	case <-mux.CloseChan():
+	case <-s.stopping:
+		// New streams are refused (503) from now on; those running
+		// finish, or end when the shutdown grace is over.
+		why = "hub shutting down"
+		done := make(chan struct{})
+		go func() {
+			<-accepting
+			streams.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-mux.CloseChan():
+		case <-ctx.Done():
+		}
+	case <-ctx.Done():
+	}
+	if mux.IsClosed() {
+		if err := sessionErr(mux); !errors.Is(err, io.EOF) {
+			log.Warn().Err(err).Msg("service session lost: no keepalive answer or a broken connection; ending its streams")
+			s.endStreams(func(st *stream) bool { return st.svc == ss }, end{
+				from: sideService, dead: true, code: ClosePeerLost, why: "service connection lost",
+				result: resultLost, reason: fmt.Sprintf("service session lost: %v", err),
+			})
+			drop() // a lost peer never answers the close handshake
+		}
+	}
+	ws.Close(websocket.StatusGoingAway, why)
+	mux.Close()
+	<-accepting
+	streams.Wait()
+	log.Info().Msg("service session ended")
+}
+
+// serveSessionStream runs one stream of a service session: it reads the
+// service's OpenStream, initiates the stream and answers with an
+// OpenResult, then relays until the stream ends.
+func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *yamux.Stream) {
+	defer yst.Close()
+	_ = yst.SetReadDeadline(time.Now().Add(s.cfg.ConnectionWriteTimeout))
+	var req wire.OpenStream
+	err := wire.ReadMessage(yst, &req)
+	if err != nil {
+		ss.log.Debug().Err(err).Msg("session stream without an OpenStream message")
+		return
+	}
+	_ = yst.SetReadDeadline(time.Time{})
+	aerr := openErr(req.Validate())
+	if aerr == nil {
+		aerr = checkDeviceID(req.DeviceID)
+	}
+	if aerr == nil {
+		aerr = checkStreamName(req.Name)
+	}
+	if aerr == nil {
+		aerr = s.authorizeSession(ctx, ss, req.DeviceID)
+	}
+	if aerr != nil {
+		ss.log.Debug().Str(fieldDevice, req.DeviceID).Str("reason", aerr.msg).Msg("session stream refused")
+		s.answerOpen(yst, &refusal{apiError: aerr}, nil, wire.StreamResponse{})
+		return
+	}
+
+	sp := &splice{s: s, ends: make(chan end, 3), idle: s.watchIdle()}
+	defer sp.idle.stop()
+	sp.conns[sideService] = yst
+	ictx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in := initiation{
+		policy: ss.policy, deviceID: req.DeviceID, name: req.Name,
+		connectTO:  clampSeconds(req.ConnectTimeout, s.cfg.ConnectTimeout, s.cfg.MaxRequestTimeout),
+		responseTO: clampSeconds(req.ResponseTimeout, s.cfg.ResponseTimeout, s.cfg.MaxRequestTimeout),
+		inline:     true,
+		svc:        ss,
+		sent: func(st *stream, ctl *yamux.Stream) {
+			// The service's first bytes follow the request at once. If
+			// the service gives up before the device answers, so does
+			// the hub.
+			sp.st, sp.conns[sideDevice] = st, ctl
+			sp.run(sideService, func(e end) {
+				if e.from == sideService {
+					cancel()
+				}
+			})
+		},
+	}
+	st, resp, ctl, ref := s.initiate(ictx, in)
+	if ctl == nil {
+		// Refused, rejected or abandoned: stop the service's data.
+		_ = yst.SetReadDeadline(time.Now())
+		sp.wg.Wait()
+		s.answerOpen(yst, ref, st, resp)
+		return
+	}
+	s.mu.Lock()
+	sess := st.sess
+	s.mu.Unlock()
+	defer sess.release(ctl)
+	if err := s.answerOpen(yst, nil, st, resp); err != nil {
+		st.log.Debug().Err(err).Msg("service gone before the answer")
+	}
+	result, reason := sp.relay(st)
+	s.mu.Lock()
+	s.endLocked(st)
+	s.mu.Unlock()
+	s.streamEnded(st, result, reason)
+}
+
+// openErr turns an invalid OpenStream into a 400.
+func openErr(err error) *apiError {
+	if err != nil {
+		return errBadRequest(err.Error())
+	}
+	return nil
+}
+
+// clampSeconds reads a timeout in seconds from an OpenStream: zero (or
+// less) means def, and it is at most max.
+func clampSeconds(n int, def, max time.Duration) time.Duration {
+	if n <= 0 {
+		return def
+	}
+	return min(time.Duration(n)*time.Second, max)
+}
+
+// authorizeSession checks, for each stream, that the session's credential
+// still allows a stream to deviceID: its token covers the device, its
+// policy still exists and holds ServiceConnect, and the token still
+// verifies with one of the policy's keys as it did when the session began.
+func (s *Server) authorizeSession(ctx context.Context, ss *svcSession, deviceID string) *apiError {
+	if err := ss.token.Covers(s.hostNames(), "/devices/"+deviceID); err != nil {
+		return errUnauthorized(fmt.Sprintf("the session's token does not cover device %q: %v", deviceID, err))
+	}
+	pol, err := s.reg.GetPolicy(ctx, ss.policy)
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		return errUnauthorized(fmt.Sprintf("shared access policy %q no longer exists", ss.policy))
+	case err != nil:
+		return &apiError{http.StatusInternalServerError, wire.CodeInternal, "ServerError", "registry unavailable"}
+	case !pol.Rights.Has(registry.ServiceConnect):
+		return errForbidden(fmt.Sprintf("%s lacks %s", ss.policy, registry.ServiceConnect))
+	}
+	if aerr := verifyEither(ss.token, pol.PrimaryKey, pol.SecondaryKey, ss.since, s.cfg.ClockSkew); aerr != nil {
+		return errUnauthorized("the policy's keys changed since the session began: reconnect with the new key")
+	}
+	return nil
+}
+
+// answerOpen writes the OpenResult of a session stream: ref's error, the
+// device's rejection, or acceptance. With neither ref nor st (the service
+// went away first) it writes nothing.
+func (s *Server) answerOpen(yst *yamux.Stream, ref *refusal, st *stream, resp wire.StreamResponse) error {
+	var res wire.OpenResult
+	switch {
+	case ref != nil:
+		s.metrics.refused(ref.status)
+		res = wire.OpenResult{Status: ref.status, ErrorCode: ref.code, Message: ref.msg}
+		if ref.retryAfter > 0 {
+			res.RetryAfter = int(retrySeconds(ref.retryAfter))
+		}
+	case st == nil:
+		return nil
+	default:
+		res = wire.OpenResult{StreamID: st.id, Status: http.StatusOK, Accepted: resp.Accepted, Reason: resp.Reason}
+	}
+	_ = yst.SetWriteDeadline(time.Now().Add(s.cfg.ConnectionWriteTimeout))
+	defer yst.SetWriteDeadline(time.Time{})
+	return wire.WriteMessage(yst, &res)
+}
+
+// streamEnded logs and records the end of a relayed stream.
+func (s *Server) streamEnded(st *stream, result, reason string) {
+	st.log.Info().
+		Int64("bytes_up", st.bytesUp.Load()).
+		Int64("bytes_down", st.bytesDown.Load()).
+		Stringer("duration", time.Since(st.created).Round(time.Millisecond)).
+		Str("reason", reason).
+		Msg("stream ended")
+	s.recordEvent(st, result, reason)
+}
+
+// splice relays the frames of one session stream between the service's
+// yamux stream and the device's control stream.
+type splice struct {
+	s     *Server
+	st    *stream          // set, with conns[sideDevice], before a pump starts
+	conns [2]*yamux.Stream // by side
+	idle  *idleWatch       // nil when the idle timeout is off
+	ends  chan end // one per pump, and one to spare
+
+	// mu[sd] is held while a frame is written to side sd; after shut[sd]
+	// nothing more is.
+	mu   [2]sync.Mutex
+	shut [2]bool
+	wg   sync.WaitGroup
+}
+
+// errUnframed is how a pump reports a side whose yamux stream ended
+// without a close frame, or that sent a broken frame.
+var errUnframed = errors.New("stream ended without a close frame")
+
+// run starts the pump from side from; done, if set, is called with its
+// end before the relay hears of it.
+func (sp *splice) run(from side, done func(end)) {
+	sp.wg.Add(1)
+	go func() {
+		defer sp.wg.Done()
+		e := sp.pump(from)
+		if done != nil {
+			done(e)
+		}
+		sp.ends <- e
+	}()
+}
+
+// relay runs st from the moment the device accepted until it ends, then
+// ends both sides with the same close code and returns the stream's
+// result and reason, as Server.relay does.
+func (sp *splice) relay(st *stream) (result, reason string) {
+	idle := sp.idle
+	idle.touch() // the handshake was activity
+	sp.run(sideDevice, nil)
+	var first end
+	select {
+	case first = <-sp.ends:
+	case first = <-st.stop:
+	case <-sp.s.ctx.Done():
+		first = shutdownEnd
+	case <-idle.expired():
+		first = end{from: -1, err: errIdle}
+	}
+	code, why := closeFor(first)
+	for sd, c := range sp.conns {
+		if first.dead && side(sd) == first.from {
+			continue
+		}
+		if sp.mu[sd].TryLock() {
+			if !sp.shut[sd] {
+				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = c.Write(wire.AppendClose(nil, int(code), why))
+			}
+			sp.shut[sd] = true
+			sp.mu[sd].Unlock()
+		}
+		// Else a pump is writing a frame, which a stalled reader may
+		// hold up: the deadline below cuts it, and the side sees the
+		// stream end without a close frame, as a lost peer.
+	}
+	for _, c := range sp.conns {
+		_ = c.SetDeadline(time.Now())
+	}
+	sp.wg.Wait()
+	switch {
+	case first.err == errIdle:
+		return "idle", fmt.Sprintf("idle timeout: no message in either direction for %s", sp.s.cfg.IdleStreamTimeout)
+	default:
+		return outcome(first, why)
+	}
+}
+
+// pump copies frames from side from to the other side until a close
+// frame, an error or the end of from's stream.
+func (sp *splice) pump(from side) end {
+	to := 1 - from
+	src := sp.conns[from]
+	var h [wire.FrameHeaderSize]byte
+	for {
+		if _, err := io.ReadFull(src, h[:]); err != nil {
+			return end{from: from, err: unframed(err)}
+		}
+		typ, n, err := wire.ParseFrameHeader(h[:])
+		if err != nil {
+			return end{from: from, err: fmt.Errorf("%w: %v", errUnframed, err)}
+		}
+		if typ == wire.FrameClose {
+			b := make([]byte, n)
+			if _, err := io.ReadFull(src, b); err != nil {
+				return end{from: from, err: unframed(err)}
+			}
+			code, reason, err := wire.ParseClose(b)
+			if err != nil {
+				return end{from: from, err: fmt.Errorf("%w: %v", errUnframed, err)}
+			}
+			return end{from: from, err: websocket.CloseError{Code: websocket.StatusCode(code), Reason: reason}}
+		}
+		bp := framePool.Get().(*[]byte)
+		frame := (*bp)[:wire.FrameHeaderSize+n]
+		copy(frame, h[:])
+		if _, err := io.ReadFull(src, frame[wire.FrameHeaderSize:]); err != nil {
+			framePool.Put(bp)
+			return end{from: from, err: unframed(err)}
+		}
+		err = sp.send(to, frame)
+		framePool.Put(bp)
+		if err != nil {
+			return end{from: to, err: unframed(err)}
+		}
+		sp.idle.touch()
+		if typ == wire.FrameData && from == sideService {
+			sp.st.bytesUp.Add(int64(n))
+		} else if typ == wire.FrameData {
+			sp.st.bytesDown.Add(int64(n))
+		}
+	}
+}
+
+// send writes one frame to side to.
+func (sp *splice) send(to side, frame []byte) error {
+	sp.mu[to].Lock()
+	defer sp.mu[to].Unlock()
+	if sp.shut[to] {
+		return errUnframed
+	}
+	_, err := sp.conns[to].Write(frame)
+	return err
+}
+
+// unframed names the end of a yamux stream for the relay's end.
+func unframed(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errUnframed
+	}
+	return err
+}
+
+// framePool holds frame buffers (header and the largest payload) while a
+// frame is copied, so an idle stream holds none.
+var framePool = sync.Pool{New: func() any {
+	b := make([]byte, wire.FrameHeaderSize+wire.MaxFramePayload)
+	return &b
+}}

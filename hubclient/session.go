@@ -1,0 +1,264 @@
+package hubclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
+
+	"github.com/dsproxy/dsproxy/internal/wire"
+	"github.com/dsproxy/dsproxy/internal/wsmux"
+)
+
+// SessionClient opens streams over one session it holds to the hub (the
+// fast path): a new stream costs no TCP, TLS or WebSocket handshake, and
+// its first bytes travel with the request, so data reaches the device one
+// round trip after the stream is opened. Streams have the semantics of
+// [ServiceClient.OpenStream]'s, except that a refusal or rejection comes
+// from the stream's first Read instead of from OpenStream.
+//
+// Run holds the session, redialling with backoff when it drops; OpenStream
+// waits for the first dial and otherwise fails at once, with the reason,
+// while there is no session. It is safe for concurrent use.
+type SessionClient struct {
+	*base
+	cfg ServiceConfig
+	log zerolog.Logger
+
+	mu      sync.Mutex
+	cur     *clientSession
+	err     error         // why there is no session; nil before the first dial ends
+	changed chan struct{} // closed and replaced when cur or err changes
+}
+
+// clientSession is one session to the hub.
+type clientSession struct {
+	mux    *yamux.Session
+	ws     *websocket.Conn
+	cancel context.CancelFunc
+	local  net.Addr
+	remote net.Addr
+
+	watching chan struct{} // closed when the keepalive watch is over
+}
+
+// close ends the session and waits for its keepalive watch.
+func (s *clientSession) close() {
+	s.mux.Close()
+	s.ws.Close(websocket.StatusNormalClosure, "")
+	s.cancel()
+	<-s.watching
+}
+
+// NewSessionClient checks cfg and returns a client. It does not contact
+// the hub; Run does.
+func NewSessionClient(cfg ServiceConfig) (*SessionClient, error) {
+	b, err := newBase(cfg.ConnectionString, cfg.TLSConfig, cfg.TokenTTL)
+	if err != nil {
+		return nil, err
+	}
+	if b.cs.IsDevice() {
+		return nil, errors.New("connection string: a service needs a policy connection string (SharedAccessKeyName=...), not a device's")
+	}
+	if cfg.KeepAliveInterval <= 0 {
+		cfg.KeepAliveInterval = 15 * time.Second
+	}
+	if cfg.ConnectionWriteTimeout <= 0 {
+		cfg.ConnectionWriteTimeout = 10 * time.Second
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	return &SessionClient{base: b, cfg: cfg, log: cfg.Logger, changed: make(chan struct{})}, nil
+}
+
+// HostName is the hub address from the connection string.
+func (c *SessionClient) HostName() string { return c.cs.HostName }
+
+// set publishes the current session, or why there is none.
+func (c *SessionClient) set(s *clientSession, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cur, c.err = s, err
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Run holds the session until ctx ends, redialling with exponential
+// backoff and jitter whenever it drops or cannot be made; streams on a
+// session that drops end with an error matching ErrSessionLost. Run
+// returns early only when the hub refuses the credential
+// (ErrUnauthorized, ErrForbidden), and returns after closing the session.
+func (c *SessionClient) Run(ctx context.Context) error {
+	defer c.set(nil, net.ErrClosed)
+	backoff := c.cfg.MinBackoff
+	for {
+		start := time.Now()
+		s, err := c.dial(ctx)
+		if err == nil {
+			c.set(s, nil)
+			c.log.Info().Str("hub", c.cs.HostName).Msg("session up")
+			select {
+			case <-s.mux.CloseChan():
+				err = fmt.Errorf("%w: %v", ErrSessionLost, sessionEnd(s.mux))
+			case <-ctx.Done():
+			}
+			c.set(nil, err)
+			s.close()
+		} else {
+			c.set(nil, err)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrForbidden) {
+			return err
+		}
+		if time.Since(start) > c.cfg.MaxBackoff {
+			backoff = c.cfg.MinBackoff // the session was up a while: start over
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		c.log.Warn().Err(err).Stringer("retry_in", wait.Round(time.Millisecond)).Msg("session down")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, c.cfg.MaxBackoff)
+	}
+}
+
+// sessionEnd says why a closed yamux session ended.
+func sessionEnd(mux *yamux.Session) error {
+	if _, err := mux.AcceptStream(); err != nil {
+		return err
+	}
+	return errors.New("session closed")
+}
+
+// dial connects a session.
+func (c *SessionClient) dial(ctx context.Context) (*clientSession, error) {
+	auth, err := c.authorization()
+	if err != nil {
+		return nil, err
+	}
+	var local, remote net.Addr
+	tr := c.http.Transport.(*http.Transport).Clone()
+	dialTCP := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := dialTCP(ctx, network, addr)
+		if err == nil {
+			local, remote = nc.LocalAddr(), nc.RemoteAddr()
+		}
+		return nc, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ws, resp, err := websocket.Dial(dctx, c.url("wss", "/service/session?api-version=2020-09-30"), &websocket.DialOptions{
+		HTTPClient:   &http.Client{Transport: tr},
+		HTTPHeader:   http.Header{"Authorization": {auth}},
+		Subprotocols: []string{wire.SessionSubprotocol},
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, hubError("connect session", resp)
+		}
+		return nil, fmt.Errorf("connect session: %w", err)
+	}
+	if ws.Subprotocol() != wire.SessionSubprotocol {
+		ws.Close(websocket.StatusProtocolError, "subprotocol "+wire.SessionSubprotocol+" required")
+		return nil, errors.New("connect session: hub did not agree on " + wire.SessionSubprotocol + ": is it older than this client?")
+	}
+	sctx, stop := context.WithCancel(context.Background()) // the session's lifetime, until close
+	nc := wsmux.Conn(sctx, ws)
+	mux, err := yamux.Client(nc, wsmux.Config(nil))
+	if err != nil {
+		stop()
+		ws.CloseNow()
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	s := &clientSession{mux: mux, ws: ws, cancel: stop, local: local, remote: remote, watching: make(chan struct{})}
+	go func() {
+		defer close(s.watching)
+		_ = wsmux.Keepalive(mux, nc, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
+	}()
+	return s, nil
+}
+
+// session returns the current session, waiting for a dial in progress.
+func (c *SessionClient) session(ctx context.Context) (*clientSession, error) {
+	for {
+		c.mu.Lock()
+		s, err, changed := c.cur, c.err, c.changed
+		c.mu.Unlock()
+		switch {
+		case s != nil && !s.mux.IsClosed():
+			return s, nil
+		case err != nil:
+			return nil, err
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for a session to the hub: %w", ctx.Err())
+		}
+	}
+}
+
+// OpenStream opens a stream named name to device deviceID over the
+// session and returns at once, without waiting for the hub: the hub's
+// refusal, or the device's rejection, is the error of the stream's first
+// Read (a [*HubError] or [*RejectedError], as from
+// [ServiceClient.OpenStream]). Data written before that is discarded when
+// the stream is refused. ctx bounds the wait for a session only.
+func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (Stream, error) {
+	op := fmt.Sprintf("open stream %q to device %q", name, deviceID)
+	s, err := c.session(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", op, ErrSessionLost, err)
+	}
+	req := wire.OpenStream{DeviceID: deviceID, Name: name}
+	if c.cfg.ConnectTimeout > 0 {
+		req.ConnectTimeout = seconds(c.cfg.ConnectTimeout)
+	}
+	if c.cfg.ResponseTimeout > 0 {
+		req.ResponseTimeout = seconds(c.cfg.ResponseTimeout)
+	}
+	if err := wire.WriteMessage(st, &req); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("%s: %w: %v", op, ErrSessionLost, err)
+	}
+	return newSessionConn(st, s.local, s.remote, func() error {
+		var res wire.OpenResult
+		if err := wire.ReadMessage(st, &res); err != nil {
+			if errors.Is(err, yamux.ErrTimeout) {
+				return err
+			}
+			return fmt.Errorf("%s: no answer from the hub: %w", op, err)
+		}
+		switch {
+		case res.Status != http.StatusOK:
+			return &HubError{Op: op, StatusCode: res.Status, Code: res.ErrorCode, Message: res.Message,
+				RetryAfter: time.Duration(max(res.RetryAfter, 0)) * time.Second}
+		case !res.Accepted:
+			return &RejectedError{DeviceID: deviceID, Name: name, Reason: orDefault(res.Reason, "no reason given")}
+		}
+		return nil
+	}), nil
+}

@@ -1,0 +1,248 @@
+package hubclient
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+
+	"github.com/dsproxy/dsproxy/internal/wire"
+)
+
+// Stream is one side of a stream to or from a device, whichever way the
+// hub carries it: a [*Conn] over the streaming endpoint's WebSocket, or a
+// stream inside a session (the fast path). Read returns io.EOF after the
+// peer's half-close or normal close, and a [*StreamEndError] when the
+// stream ended otherwise; CloseWrite half-closes; Abort ends the stream as
+// a failure, so the peer's reads fail instead of returning io.EOF.
+type Stream interface {
+	net.Conn
+	CloseWrite() error
+	Abort() error
+}
+
+var (
+	_ Stream = (*Conn)(nil)
+	_ Stream = (*sessionConn)(nil)
+)
+
+// closeWriteTimeout bounds the write of a close frame: a peer that reads
+// nothing learns of the close from the yamux FIN instead.
+const closeWriteTimeout = 5 * time.Second
+
+// framePool holds frame buffers (header + the largest payload), so idle
+// streams hold none.
+var framePool = sync.Pool{New: func() any {
+	b := make([]byte, wire.FrameHeaderSize+wire.MaxFramePayload)
+	return &b
+}}
+
+// sessionConn is one side of a session stream: frames (internal/wire) over
+// a yamux stream. On the service side the hub's OpenResult comes first;
+// open reads it before the first frame.
+type sessionConn struct {
+	st     *yamux.Stream
+	local  net.Addr
+	remote net.Addr
+	open   func() error // reads the hub's answer; nil once read or on the device side
+
+	closed atomic.Bool
+
+	readMu  sync.Mutex
+	left    int   // payload bytes of the current data frame not yet read
+	readErr error // sticky end of the read side
+
+	writeMu     sync.Mutex
+	writeClosed bool
+
+	closeOnce sync.Once
+}
+
+func newSessionConn(st *yamux.Stream, local, remote net.Addr, open func() error) *sessionConn {
+	return &sessionConn{st: st, local: local, remote: remote, open: open}
+}
+
+// Read reads stream bytes.
+func (c *sessionConn) Read(p []byte) (int, error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	if c.readErr != nil {
+		return 0, c.readErr
+	}
+	if c.open != nil {
+		if err := c.open(); err != nil {
+			if !errors.Is(err, yamux.ErrTimeout) {
+				c.readErr = err
+			}
+			return 0, err
+		}
+		c.open = nil
+	}
+	for c.left == 0 {
+		var h [wire.FrameHeaderSize]byte
+		if _, err := io.ReadFull(c.st, h[:]); err != nil {
+			return 0, c.fail(err)
+		}
+		typ, n, err := wire.ParseFrameHeader(h[:])
+		if err != nil {
+			c.readErr = fmt.Errorf("read stream: %w", err)
+			return 0, c.readErr
+		}
+		switch typ {
+		case wire.FrameData:
+			c.left = n
+			if len(p) == 0 {
+				return 0, nil
+			}
+		case wire.FrameFin:
+			c.readErr = io.EOF
+			return 0, io.EOF
+		case wire.FrameClose:
+			b := make([]byte, n)
+			if _, err := io.ReadFull(c.st, b); err != nil {
+				return 0, c.fail(err)
+			}
+			code, reason, err := wire.ParseClose(b)
+			switch {
+			case err != nil:
+				c.readErr = fmt.Errorf("read stream: %w", err)
+			case code == int(websocket.StatusNormalClosure):
+				c.readErr = io.EOF
+			default:
+				c.readErr = &StreamEndError{Code: code, Reason: reason}
+			}
+			return 0, c.readErr
+		}
+	}
+	n, err := c.st.Read(p[:min(len(p), c.left)])
+	c.left -= n
+	if err != nil {
+		err = c.fail(err)
+	}
+	return n, err
+}
+
+// fail turns an error of the yamux stream into what Read reports, and
+// makes it sticky unless it is a deadline.
+func (c *sessionConn) fail(err error) error {
+	var ne net.Error
+	switch {
+	case c.closed.Load():
+		err = net.ErrClosed
+	case errors.Is(err, yamux.ErrTimeout), errors.As(err, &ne) && ne.Timeout():
+		return err // a read deadline: the stream goes on
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, yamux.ErrConnectionReset):
+		// The stream ended without a close frame: its far end is gone.
+		err = &StreamEndError{Code: wire.ClosePeerLost}
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		err = fmt.Errorf("read stream: %w", ErrSessionLost)
+	default:
+		err = fmt.Errorf("read stream: %w", err)
+	}
+	c.readErr = err
+	return err
+}
+
+// Write sends p to the peer as data frames.
+func (c *sessionConn) Write(p []byte) (int, error) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writeClosed || c.closed.Load() {
+		return 0, ErrStreamClosed
+	}
+	bp := framePool.Get().(*[]byte)
+	defer framePool.Put(bp)
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), wire.MaxFramePayload)
+		buf := (*bp)[:wire.FrameHeaderSize+k]
+		wire.PutFrameHeader(buf, wire.FrameData, k)
+		copy(buf[wire.FrameHeaderSize:], p[:k])
+		if _, err := c.st.Write(buf); err != nil {
+			return n, c.writeErr(err)
+		}
+		n += k
+		p = p[k:]
+	}
+	return n, nil
+}
+
+func (c *sessionConn) writeErr(err error) error {
+	switch {
+	case c.closed.Load():
+		return net.ErrClosed
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		return fmt.Errorf("write stream: %w", ErrSessionLost)
+	}
+	return fmt.Errorf("write stream: %w", err)
+}
+
+// CloseWrite tells the peer no more data will come (a TCP FIN). Reads go on.
+func (c *sessionConn) CloseWrite() error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writeClosed || c.closed.Load() {
+		return nil
+	}
+	c.writeClosed = true
+	var h [wire.FrameHeaderSize]byte
+	wire.PutFrameHeader(h[:], wire.FrameFin, 0)
+	if _, err := c.st.Write(h[:]); err != nil {
+		return fmt.Errorf("half-close stream: %w", c.writeErr(err))
+	}
+	return nil
+}
+
+// Close ends the stream normally. It is safe to call more than once and
+// concurrently with Read and Write, which then fail with net.ErrClosed.
+func (c *sessionConn) Close() error {
+	return c.closeWith(int(websocket.StatusNormalClosure), "")
+}
+
+// Abort ends the stream as a failure: the peer's reads fail instead of
+// returning io.EOF.
+func (c *sessionConn) Abort() error {
+	return c.closeWith(wire.ClosePeerLost, "peer connection lost")
+}
+
+// closeWith sends a close frame, unless a write is in progress, which it
+// cuts short instead (the hub then sees a broken frame and ends the stream
+// as lost); then it closes the yamux stream and wakes a waiting Read.
+func (c *sessionConn) closeWith(code int, reason string) error {
+	c.closeOnce.Do(func() {
+		if c.writeMu.TryLock() {
+			c.closed.Store(true)
+			_ = c.st.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
+			_, _ = c.st.Write(wire.AppendClose(nil, code, reason))
+			c.writeMu.Unlock()
+		} else {
+			c.closed.Store(true)
+			_ = c.st.SetWriteDeadline(time.Now())
+		}
+		_ = c.st.Close()
+		_ = c.st.SetReadDeadline(time.Now())
+	})
+	return nil
+}
+
+// LocalAddr returns the local address of the session's connection.
+func (c *sessionConn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr returns the hub's address.
+func (c *sessionConn) RemoteAddr() net.Addr { return c.remote }
+
+// SetDeadline sets the read and write deadlines: unlike [Conn]'s, they
+// do not end the stream.
+func (c *sessionConn) SetDeadline(t time.Time) error { return c.st.SetDeadline(t) }
+
+// SetReadDeadline sets the read deadline.
+func (c *sessionConn) SetReadDeadline(t time.Time) error { return c.st.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the write deadline.
+func (c *sessionConn) SetWriteDeadline(t time.Time) error { return c.st.SetWriteDeadline(t) }

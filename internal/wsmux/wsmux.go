@@ -1,0 +1,189 @@
+// Package wsmux runs yamux sessions over WebSockets: the device's control
+// session and the service's session, on the hub and on the clients.
+//
+// yamux writes each frame as two writes, its 12-byte header and then its
+// body. Over a plain net.Conn adapter each write would become its own
+// WebSocket message: twice the messages, and a tiny one before every
+// body. [Conn] sends a data frame's header and body as one message.
+package wsmux
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+)
+
+// WindowSize is the most a session stream may have in flight towards a
+// reader that has not read it, on either end: it bounds the memory a
+// stalled reader pins (per stream) and the throughput of one stream over
+// a long round trip (WindowSize per RTT: 1 MiB per 50 ms is 20 MiB/s).
+const WindowSize = 1 << 20
+
+// frameTimeout is how long a frame may wait to be written before its
+// write fails. A busy session queues data frames of many streams; a
+// session whose peer is gone is caught by [Keepalive], not by this.
+const frameTimeout = time.Minute
+
+// Config returns the yamux configuration of dsproxy's sessions. yamux's
+// own keepalive is off: it ends a session whose pong waits behind a busy
+// session's data, so [Keepalive] watches the session instead. logger
+// receives yamux's own complaints (why a session broke).
+func Config(logger yamux.Logger) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = false
+	cfg.ConnectionWriteTimeout = frameTimeout
+	cfg.StreamOpenTimeout = frameTimeout
+	cfg.MaxStreamWindowSize = WindowSize
+	cfg.LogOutput = nil
+	cfg.Logger = logger
+	if logger == nil {
+		cfg.LogOutput = io.Discard
+	}
+	return cfg
+}
+
+// yamux frame header layout (github.com/hashicorp/yamux const.go).
+const (
+	headerSize = 12
+	typeData   = 0
+)
+
+// keepBuf is the largest message buffer a conn keeps between frames:
+// session streams write at most 64 KiB at a time.
+const keepBuf = 128 << 10
+
+// Conn returns a net.Conn over ws for a yamux session: reads and writes
+// binary messages, and each yamux data frame goes out as one message.
+// It raises ws's read limit to the largest frame a session sends (a
+// stream's whole window). ctx bounds the connection: when it ends, the
+// connection closes.
+func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
+	ws.SetReadLimit(headerSize + WindowSize)
+	return &conn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx, start: time.Now()}
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.heard.Store(int64(time.Since(c.start)))
+	}
+	return n, err
+}
+
+// silentFor is how long nothing has arrived from the peer.
+func (c *conn) silentFor() time.Duration {
+	return time.Since(c.start) - time.Duration(c.heard.Load())
+}
+
+// ErrPeerSilent ends a session whose peer sent nothing, not even a pong,
+// for a keepalive interval and the timeout after it.
+var ErrPeerSilent = errors.New("no keepalive answer")
+
+// Keepalive watches the session mux over nc (from [Conn]) until the
+// session closes: once nothing has arrived from the peer for interval it
+// pings, and a peer silent for interval+timeout is gone: Keepalive closes
+// the session and returns ErrPeerSilent. Anything arriving proves the
+// peer alive, so a pong stuck behind a busy session's data is no death
+// sentence. It returns nil when the session closed otherwise.
+func Keepalive(mux *yamux.Session, nc net.Conn, interval, timeout time.Duration) error {
+	c := nc.(*conn)
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	var pong chan struct{} // closed when the last ping is over
+	defer func() {
+		if pong != nil {
+			<-pong
+		}
+	}()
+	for {
+		select {
+		case <-mux.CloseChan():
+			return nil
+		case <-t.C:
+		}
+		quiet := c.silentFor()
+		switch {
+		case quiet < interval:
+			t.Reset(interval - quiet)
+			continue
+		case quiet >= interval+timeout:
+			mux.Close() // ends a ping in flight
+			return ErrPeerSilent
+		}
+		if pong == nil || isClosed(pong) {
+			pong = make(chan struct{})
+			go func(done chan struct{}) {
+				defer close(done)
+				_, _ = mux.Ping() // its answer is heard like any frame
+			}(pong)
+		}
+		t.Reset(interval + timeout - quiet)
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// conn joins each data frame's header to its body. yamux writes from one
+// goroutine (its send loop), so a header is always followed by its body;
+// the mutex only keeps a misuse from corrupting the stream.
+type conn struct {
+	net.Conn
+	ws    *websocket.Conn
+	ctx   context.Context
+	start time.Time    // monotonic origin of heard
+	heard atomic.Int64 // time.Since(start) when the peer was last heard from
+
+	mu   sync.Mutex
+	hdr  [headerSize]byte
+	want int    // body length of the held header; 0 when none is held
+	buf  []byte // header + body of the message being sent
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.want > 0 {
+		want := c.want
+		c.want = 0
+		if len(p) != want {
+			// Not the body the header announced: send both as they came.
+			if _, err := c.Conn.Write(c.hdr[:]); err != nil {
+				return 0, err
+			}
+			return c.Conn.Write(p)
+		}
+		c.buf = append(append(c.buf[:0], c.hdr[:]...), p...)
+		err := c.ws.Write(c.ctx, websocket.MessageBinary, c.buf)
+		if cap(c.buf) > keepBuf {
+			c.buf = nil // an unusually large frame: do not keep its buffer
+		}
+		if err != nil {
+			return 0, fmt.Errorf("write session frame: %w", err)
+		}
+		return len(p), nil
+	}
+	if len(p) == headerSize && p[0] == 0 && p[1] == typeData {
+		if n := binary.BigEndian.Uint32(p[8:12]); n > 0 {
+			copy(c.hdr[:], p)
+			c.want = int(n)
+			return len(p), nil
+		}
+	}
+	return c.Conn.Write(p)
+}
