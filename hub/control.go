@@ -208,7 +208,7 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		defer close(watching)
 		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
 	}()
-	defer func() { <-watching }() // it returns once mux.Close below has run
+	defer func() { <-watching }()                           // it returns once mux.Close below has run
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	c := &session{
 		deviceID: id,

@@ -79,7 +79,7 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 		defer close(watching)
 		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
 	}()
-	defer func() { <-watching }() // it returns once mux.Close below has run
+	defer func() { <-watching }()                           // it returns once mux.Close below has run
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	ss := &svcSession{policy: p.policy, token: tok, since: time.Now(), log: log}
 	log.Info().Msg("service session up")
@@ -291,7 +291,7 @@ type splice struct {
 	st    *stream          // set, with conns[sideDevice], before a pump starts
 	conns [2]*yamux.Stream // by side
 	idle  *idleWatch       // nil when the idle timeout is off
-	ends  chan end // one per pump, and one to spare
+	ends  chan end         // one per pump, and one to spare
 
 	// mu[sd] is held while a frame is written to side sd; after shut[sd]
 	// nothing more is.
