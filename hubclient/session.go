@@ -87,6 +87,9 @@ func NewSessionClient(cfg ServiceConfig) (*SessionClient, error) {
 // HostName is the hub address from the connection string.
 func (c *SessionClient) HostName() string { return c.cs.HostName }
 
+// Session returns a [SessionClient] with c's configuration.
+func (c *ServiceClient) Session() (*SessionClient, error) { return NewSessionClient(c.cfg) }
+
 // set publishes the current session, or why there is none.
 func (c *SessionClient) set(s *clientSession, err error) {
 	c.mu.Lock()

@@ -75,14 +75,8 @@ func (c *sessionConn) Read(p []byte) (int, error) {
 	if c.readErr != nil {
 		return 0, c.readErr
 	}
-	if c.open != nil {
-		if err := c.open(); err != nil {
-			if !errors.Is(err, yamux.ErrTimeout) {
-				c.readErr = err
-			}
-			return 0, err
-		}
-		c.open = nil
+	if err := c.handshake(); err != nil {
+		return 0, err
 	}
 	for c.left == 0 {
 		var h [wire.FrameHeaderSize]byte
@@ -126,6 +120,33 @@ func (c *sessionConn) Read(p []byte) (int, error) {
 		err = c.fail(err)
 	}
 	return n, err
+}
+
+// Handshake waits for the hub's answer to the stream's opening, which Read
+// otherwise waits for first: nil once the device accepted, else why the
+// stream was refused or rejected. Writes need not wait for it.
+func (c *sessionConn) Handshake() error {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	if c.readErr != nil && c.open != nil {
+		return c.readErr
+	}
+	return c.handshake()
+}
+
+// handshake runs open once; readMu is held.
+func (c *sessionConn) handshake() error {
+	if c.open == nil {
+		return nil
+	}
+	if err := c.open(); err != nil {
+		if !errors.Is(err, yamux.ErrTimeout) {
+			c.readErr = err
+		}
+		return err
+	}
+	c.open = nil
+	return nil
 }
 
 // fail turns an error of the yamux stream into what Read reports, and

@@ -130,15 +130,16 @@ start_device() {
 	wait_for "device $2 connected" 20 "$1" device_is "$2" Connected
 }
 
-# start_service NAME ID: runs a service proxy for ID on a free port; sets
-# SVC_PORT.
+# start_service NAME ID [FLAG...]: runs a service proxy for ID on a free
+# port, with FLAGs; sets SVC_PORT.
 start_service() {
 	local name=$1 id=$2 attempt port
+	shift 2
 	SVC_PORT=
 	for attempt in 1 2 3 4 5; do
 		port=$(free_port)
 		start "$name-$attempt" "$BIN" service "${CLIENT[@]}" --device-id "$id" \
-			--listen "127.0.0.1:$port" --log-format json --log-level debug
+			--listen "127.0.0.1:$port" --log-format json --log-level debug "$@"
 		if wait_for "service for $id on port $port" 15 "$name-$attempt" port_open "$port"; then
 			SVC_PORT=$port
 			return 0
@@ -238,6 +239,17 @@ log "checks through dsproxy service (127.0.0.1:$SVC1_PORT)"
 check_a service "$SVC1_PORT"
 check_b service "$SVC1_PORT"
 check_c service "$SVC1_PORT"
+
+# The default mode carries connections over one session; the Azure-style
+# per-stream mode must work as well.
+if start_service dsproxy-service-ps e2e-dev --mode per-stream; then
+	log "checks through dsproxy service --mode per-stream (127.0.0.1:$SVC_PORT)"
+	check_a service-per-stream "$SVC_PORT"
+	check_b service-per-stream "$SVC_PORT"
+	check_c service-per-stream "$SVC_PORT"
+else
+	fail "service proxy --mode per-stream for e2e-dev did not start"
+fi
 
 # ---------------------------------------------------------------- f: ProxyCommand
 

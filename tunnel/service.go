@@ -115,5 +115,24 @@ func (s *Service) carry(ctx context.Context, c net.Conn) {
 		return
 	}
 	stats, err := Join(ctx, c, sc)
+	if notOpened(err) && ctx.Err() == nil {
+		// A session stream's refusal comes on its first read.
+		log.Warn().Str("reason", err.Error()).Msg("stream not opened")
+		return
+	}
 	logEnd(log.Info(), stats.AToB, stats.BToA, start, err).Msg("connection ended")
+}
+
+// handshaker is a stream that can wait for the hub's answer to its
+// opening: a session stream.
+type handshaker interface {
+	Handshake() error
+}
+
+// notOpened reports whether err is a stream's refusal by the hub or
+// rejection by the device.
+func notOpened(err error) bool {
+	var he *hubclient.HubError
+	var re *hubclient.RejectedError
+	return errors.As(err, &he) || errors.As(err, &re)
 }

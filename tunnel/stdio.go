@@ -76,6 +76,14 @@ func (s *Service) CarryOne(ctx context.Context, c net.Conn) error {
 	if err != nil {
 		return err
 	}
+	// A session stream answers on its first read; Join would close c on a
+	// refusal before it could be reported.
+	if h, ok := sc.(handshaker); ok {
+		if err := h.Handshake(); err != nil {
+			sc.Close()
+			return err
+		}
+	}
 	stats, err := Join(ctx, c, sc)
 	logEnd(s.log.Info(), stats.AToB, stats.BToA, start, err).Msg("connection ended")
 	if err != nil && ctx.Err() == nil {

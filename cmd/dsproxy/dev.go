@@ -34,6 +34,7 @@ Example:
 			&cli.StringFlag{Name: "listen", Value: "2222", Usage: "`[HOST:]PORT` of the service proxy (no host: loopback only, 127.0.0.1 and ::1)", EnvVars: []string{"DSPROXY_LISTEN"}},
 			&cli.StringFlag{Name: "device-id", Value: "dev", Usage: "`ID` of the device to register", EnvVars: []string{"DSPROXY_DEVICE_ID"}},
 			&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the hub's data (default: a temporary directory, removed on exit)", EnvVars: []string{"DSPROXY_DATA_DIR"}},
+			modeFlag(),
 		),
 		Action: runDev,
 	}
@@ -83,7 +84,7 @@ func runDev(c *cli.Context) error {
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	run := func(name string, f func() error) {
 		wg.Add(1)
 		go func() {
@@ -127,8 +128,16 @@ func runDev(c *cli.Context) error {
 			},
 		})
 	})
+	opener, stopSession, err := startOpener(ctx, cancel, c.String("mode"), sc)
+	if err != nil {
+		return err
+	}
+	run("session", func() error {
+		<-ctx.Done()
+		return stopSession()
+	})
 	run("service", func() error {
-		return serveProxy(ctx, svcLn, sc, d.ID, "ssh", log.With().Str("role", "service").Logger())
+		return serveProxy(ctx, svcLn, opener, d.ID, "ssh", log.With().Str("role", "service").Logger())
 	})
 
 	<-ctx.Done()

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
+	"github.com/dsproxy/dsproxy/hubclient"
 	"github.com/dsproxy/dsproxy/tunnel"
 )
 
@@ -24,6 +25,12 @@ address without a host binds loopback only (127.0.0.1 and ::1); name another
 interface explicitly to share the port. --forward adds more ports, each to a
 stream name (the device picks the target by name). --stdio carries one stream
 on stdin/stdout instead, for ssh's ProxyCommand.
+
+--mode session (the default) carries every connection over one session the
+proxy holds to the hub: a connection costs no new TCP or TLS handshake, and
+its first bytes travel with the request. --mode per-stream opens a WebSocket
+per connection, the Azure IoT Hub device streams flow, for hubs and devices
+that speak only that.
 
 Examples:
    dsproxy service --connection-string "HostName=hub.example.com:8443;SharedAccessKeyName=service;SharedAccessKey=..." \
@@ -39,6 +46,7 @@ Examples:
 			&cli.StringFlag{Name: "stream-name", Value: "ssh", Usage: "stream `NAME` for --listen and --stdio: picks the device's target", EnvVars: []string{"DSPROXY_STREAM_NAME"}},
 			&cli.StringSliceFlag{Name: "forward", Usage: "`[HOST:]PORT=NAME`: also accept on PORT and carry to stream NAME (repeatable); with --forward, --listen applies only when given", EnvVars: []string{"DSPROXY_FORWARD"}},
 			&cli.BoolFlag{Name: "stdio", Usage: "carry one stream on stdin/stdout (for ssh -o ProxyCommand) and exit when it ends; logs only warnings unless --log-level says otherwise", EnvVars: []string{"DSPROXY_STDIO"}},
+			modeFlag(),
 		),
 		Action: runService,
 	}
@@ -71,13 +79,21 @@ func runService(c *cli.Context) error {
 	}
 	defer sc.Close()
 	deviceID := c.String("device-id")
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
+	opener, stopSession, err := startOpener(ctx, cancel, c.String("mode"), sc)
+	if err != nil {
+		return err
+	}
+	defer stopSession()
 
 	if c.Bool("stdio") {
-		svc, err := tunnel.NewService(tunnel.ServiceConfig{DeviceID: deviceID, StreamName: c.String("stream-name"), Logger: log}, sc)
+		svc, err := tunnel.NewService(tunnel.ServiceConfig{DeviceID: deviceID, StreamName: c.String("stream-name"), Logger: log}, opener)
 		if err != nil {
 			return err
 		}
-		return svc.CarryOne(c.Context, tunnel.Stdio())
+		err = svc.CarryOne(ctx, tunnel.Stdio())
+		return errors.Join(err, stopSession())
 	}
 
 	// Open every port before serving any, so a busy port fails the whole
@@ -95,22 +111,61 @@ func runService(c *cli.Context) error {
 		}
 		lns = append(lns, ln)
 	}
-	ctx, cancel := context.WithCancel(c.Context)
-	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, len(fwds))
 	for i, f := range fwds {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if errs[i] = serveProxy(ctx, lns[i], sc, deviceID, f.name, log); errs[i] != nil {
+			if errs[i] = serveProxy(ctx, lns[i], opener, deviceID, f.name, log); errs[i] != nil {
 				cancel()
 			}
 		}()
 	}
 	wg.Wait()
 	lns = nil // each serveProxy closed its own
-	return errors.Join(errs...)
+	return errors.Join(append(errs, stopSession())...)
+}
+
+// The service proxy's modes (--mode).
+const (
+	modeSession   = "session"
+	modePerStream = "per-stream"
+)
+
+// modeFlag is --mode of the commands that run a service proxy.
+func modeFlag() cli.Flag {
+	return &cli.StringFlag{Name: "mode", Value: modeSession, Usage: "`MODE` of carrying connections: session (over one held session) or per-stream (a WebSocket each, as Azure IoT Hub)", EnvVars: []string{"DSPROXY_MODE"}}
+}
+
+// startOpener returns what opens the streams of mode: sc itself, or a
+// session client whose session it holds until ctx ends; then stop, which
+// is idempotent, ends it and returns why it ended early. A session that
+// ends early (the hub refused the credential) cancels ctx.
+func startOpener(ctx context.Context, cancel context.CancelFunc, mode string, sc *hubclient.ServiceClient) (o tunnel.Opener, stop func() error, err error) {
+	switch mode {
+	case modePerStream:
+		return sc, func() error { return nil }, nil
+	case modeSession:
+	default:
+		return nil, nil, fmt.Errorf("--mode %q: want %s or %s", mode, modeSession, modePerStream)
+	}
+	sess, err := sc.Session()
+	if err != nil {
+		return nil, nil, err
+	}
+	held := make(chan error, 1)
+	go func() {
+		err := sess.Run(ctx)
+		if err != nil {
+			cancel()
+		}
+		held <- err
+	}()
+	return sess, sync.OnceValue(func() error {
+		cancel()
+		return <-held
+	}), nil
 }
 
 // forwards reads --listen/--stream-name and --forward.
