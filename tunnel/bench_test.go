@@ -71,11 +71,30 @@ func BenchmarkThroughputStream(b *testing.B) {
 	pushThrough(b, w.StartService(b, "bench", "bench"))
 }
 
+// BenchmarkThroughputSession is BenchmarkThroughputStream over a held
+// session (the fast path).
+func BenchmarkThroughputSession(b *testing.B) {
+	w := dsproxytest.NewHub(b)
+	w.StartDevice(b, "bench", sink(b))
+	pushThrough(b, w.StartSessionService(b, "bench", "bench"))
+}
+
 // BenchmarkSetup opens a stream, echoes one byte through it and closes it.
 func BenchmarkSetup(b *testing.B) {
 	w := dsproxytest.NewHub(b)
 	w.StartDevice(b, "bench", dsproxytest.Echo(b))
-	addr := w.StartService(b, "bench", "bench")
+	setups(b, w.StartService(b, "bench", "bench"))
+}
+
+// BenchmarkSetupSession is BenchmarkSetup over a held session.
+func BenchmarkSetupSession(b *testing.B) {
+	w := dsproxytest.NewHub(b)
+	w.StartDevice(b, "bench", dsproxytest.Echo(b))
+	setups(b, w.StartSessionService(b, "bench", "bench"))
+}
+
+// setups dials addr b.N times, echoes one byte and closes.
+func setups(b *testing.B, addr string) {
 	buf := []byte{7}
 	b.ResetTimer()
 	for range b.N {
