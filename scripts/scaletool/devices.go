@@ -77,9 +77,15 @@ type restartResult struct {
 	Attempts     summary        `json:"failedAttemptsPerDevice"`
 	// RetryWaits is the distribution of the waits the clients chose
 	// between attempts (backoff with jitter), in seconds.
-	RetryWaits summary  `json:"retryWaits"`
-	Examples   []string `json:"examples,omitempty"` // a few "other" errors as logged
-	HubGauge   float64  `json:"hubConnectedDevices"`
+	RetryWaits summary `json:"retryWaits"`
+	// HubCPUSeconds is the CPU time the new hub used from its start until
+	// every device was back: the storm's cost to the hub. SimCPUSeconds is
+	// the simulator's over the whole restart (it shares the machine's
+	// cores with the hub here; a real fleet does not).
+	HubCPUSeconds float64  `json:"hubCPUSeconds"`
+	SimCPUSeconds float64  `json:"simulatorCPUSeconds"`
+	Examples      []string `json:"examples,omitempty"` // a few "other" errors as logged
+	HubGauge      float64  `json:"hubConnectedDevices"`
 }
 
 func devicesCmd(ctx context.Context, args []string) error {
@@ -248,6 +254,14 @@ func devicesCmd(ctx context.Context, args []string) error {
 			return err
 		}
 		err = rr.addScriptTimes(fleet.dropTime(), *stoppedFile, *startedFile)
+		if err == nil {
+			var newPID int
+			if newPID, err = pidOf(); err == nil {
+				var cpu time.Duration
+				cpu, err = readCPU(newPID)
+				rr.HubCPUSeconds = cpu.Seconds()
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -323,6 +337,10 @@ func deviceID(prefix string, i int) string { return fmt.Sprintf("%s%05d", prefix
 // (polling /healthz), and every device back.
 func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, caFile, readyFile string, timeout time.Duration) (*restartResult, error) {
 	fleet.markRestart()
+	cpu0, err := readCPU(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
 	if err := os.WriteFile(readyFile, []byte(time.Now().UTC().Format(time.RFC3339Nano)+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("write ready file: %w", err)
 	}
@@ -362,6 +380,9 @@ func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, 
 		return nil, err
 	}
 	rr := fleet.restartReport(hubDown, hubUp)
+	if cpu1, err := readCPU(os.Getpid()); err == nil {
+		rr.SimCPUSeconds = (cpu1 - cpu0).Seconds()
+	}
 	if v, err := hm.gauge(ctx, "dsproxy_hub_connected_devices"); err == nil {
 		rr.HubGauge = v
 	}

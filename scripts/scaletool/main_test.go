@@ -36,6 +36,24 @@ func TestParseVmRSS(t *testing.T) {
 	}
 }
 
+func TestParseStatCPU(t *testing.T) {
+	// Field 2 may hold spaces and parentheses; utime 150 and stime 50
+	// ticks are 2 s.
+	stat := "1234 (a (weird) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 7 0 100 0 0\n"
+	got, err := parseStatCPU(stat)
+	if err != nil || got != 2*time.Second {
+		t.Fatalf("parseStatCPU = %v, %v; want 2s", got, err)
+	}
+	for _, bad := range []string{"", "1234 (x) S 1 2", "1234 (x) S 1 1234 1234 0 -1 4194560 100 0 0 0 x 50 0"} {
+		if _, err := parseStatCPU(bad); err == nil {
+			t.Errorf("parseStatCPU(%q) succeeded", bad)
+		}
+	}
+	if cpu, err := readCPU(os.Getpid()); err != nil || cpu < 0 {
+		t.Errorf("readCPU(self) = %v, %v", cpu, err)
+	}
+}
+
 func TestReadRSSSelf(t *testing.T) {
 	rss, err := readRSS(os.Getpid())
 	if err != nil || rss <= 0 {

@@ -36,6 +36,48 @@ func readRSS(pid int) (int64, error) {
 	return rss, nil
 }
 
+// clockTicks is the unit of the CPU times in /proc/PID/stat (USER_HZ,
+// 100 on every Linux architecture Go supports).
+const clockTicks = 100
+
+// readCPU returns the user + system CPU time process pid has used, from
+// /proc/PID/stat.
+func readCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read CPU time of pid %d: %w", pid, err)
+	}
+	d, err := parseStatCPU(string(b))
+	if err != nil {
+		return 0, fmt.Errorf("read CPU time of pid %d: %w", pid, err)
+	}
+	return d, nil
+}
+
+// parseStatCPU reads utime + stime (fields 14 and 15) from a
+// /proc/PID/stat line. The command name (field 2) is in parentheses and
+// may hold spaces and parentheses, so fields are counted after the last
+// ')'.
+func parseStatCPU(stat string) (time.Duration, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat line: no command name")
+	}
+	f := strings.Fields(stat[i+1:]) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0, errors.New("malformed stat line: too few fields")
+	}
+	var ticks int64
+	for _, s := range f[11:13] { // fields 14 and 15
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("malformed stat line: CPU time %q", s)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
 // parseVmRSS reads the VmRSS line ("VmRSS:	  123456 kB") of a
 // /proc/PID/status file and returns it in bytes.
 func parseVmRSS(r io.Reader) (int64, error) {

@@ -144,6 +144,7 @@ func writeTable(w io.Writer, r scaleRun) {
 			}
 			fmt.Fprintf(w, "| | old hub exited, new hub started, /healthz answered (from the drop) | %.1f, %.1f, %.1f s | | |\n", rr.HubExitedSeconds, rr.HubStartedSeconds, rr.HubUpSeconds)
 			fmt.Fprintf(w, "| | reconnect p50 / p90 / p99 / max | %.1f / %.1f / %.1f / %.1f s | | |\n", rr.Reconnect.P50, rr.Reconnect.P90, rr.Reconnect.P99, rr.Reconnect.Max)
+			fmt.Fprintf(w, "| | CPU: new hub until all back, simulator over the restart | %.1f s, %.1f s | | |\n", rr.HubCPUSeconds, rr.SimCPUSeconds)
 			fmt.Fprintf(w, "| | failed attempts (by class) | %d %s | | |\n", rr.FailureTotal, classes(rr.Failures))
 			fmt.Fprintf(w, "| | failed attempts per device p50 / p99 / max | %.0f / %.0f / %.0f | | |\n", rr.Attempts.P50, rr.Attempts.P99, rr.Attempts.Max)
 			fmt.Fprintf(w, "| | devices back per 5 s since the drop | %s | | |\n", histString(rebucket(rr.Histogram, 5), 5))
