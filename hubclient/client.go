@@ -54,10 +54,17 @@ func newBase(connStr string, tlsCfg *tls.Config, ttl time.Duration) (*base, erro
 	if tlsCfg == nil {
 		tlsCfg = &tls.Config{}
 	}
+	tlsCfg = tlsCfg.Clone()
+	if tlsCfg.ClientSessionCache == nil {
+		// Resume TLS sessions with the hub: each stream dials its own
+		// connections, and a resumed handshake skips the certificate
+		// signature and its verification (issue 6).
+		tlsCfg.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+	}
 	tr := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:     tlsCfg.Clone(),
+		TLSClientConfig:     tlsCfg,
 		TLSHandshakeTimeout: 15 * time.Second,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
