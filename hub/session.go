@@ -169,8 +169,6 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 	sp := &splice{s: s, ends: make(chan end, 3), idle: s.watchIdle()}
 	defer sp.idle.stop()
 	sp.conns[sideService] = yst
-	ictx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	in := initiation{
 		policy: ss.policy, deviceID: req.DeviceID, name: req.Name,
 		connectTO:  clampSeconds(req.ConnectTimeout, s.cfg.ConnectTimeout, s.cfg.MaxRequestTimeout),
@@ -178,18 +176,14 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 		inline:     true,
 		svc:        ss,
 		sent: func(st *stream, ctl *yamux.Stream) {
-			// The service's first bytes follow the request at once. If
-			// the service gives up before the device answers, so does
-			// the hub.
+			// The service's first bytes follow the request at once. Its
+			// end, should it come first, waits in sp.ends: the stream
+			// ends as soon as it is relayed, and the device sees why.
 			sp.st, sp.conns[sideDevice] = st, ctl
-			sp.run(sideService, func(e end) {
-				if e.from == sideService {
-					cancel()
-				}
-			})
+			sp.run(sideService)
 		},
 	}
-	st, resp, ctl, ref := s.initiate(ictx, in)
+	st, resp, ctl, ref := s.initiate(ctx, in)
 	if ctl == nil {
 		// Refused, rejected or abandoned: stop the service's data.
 		_ = yst.SetReadDeadline(time.Now())
@@ -304,17 +298,12 @@ type splice struct {
 // without a close frame, or that sent a broken frame.
 var errUnframed = errors.New("stream ended without a close frame")
 
-// run starts the pump from side from; done, if set, is called with its
-// end before the relay hears of it.
-func (sp *splice) run(from side, done func(end)) {
+// run starts the pump from side from.
+func (sp *splice) run(from side) {
 	sp.wg.Add(1)
 	go func() {
 		defer sp.wg.Done()
-		e := sp.pump(from)
-		if done != nil {
-			done(e)
-		}
-		sp.ends <- e
+		sp.ends <- sp.pump(from)
 	}()
 }
 
@@ -324,7 +313,7 @@ func (sp *splice) run(from side, done func(end)) {
 func (sp *splice) relay(st *stream) (result, reason string) {
 	idle := sp.idle
 	idle.touch() // the handshake was activity
-	sp.run(sideDevice, nil)
+	sp.run(sideDevice)
 	var first end
 	select {
 	case first = <-sp.ends:

@@ -389,9 +389,13 @@ func TestStreamEnds(t *testing.T) {
 	w := dsproxytest.NewHub(t)
 	acc := newAccepter()
 	startDevice(t, w, w.AddDevice(t, "dev1"), acc.handle)
+	t.Run("per-stream", func(t *testing.T) { testStreamEnds(t, w.Service, acc) })
+	t.Run("session", func(t *testing.T) { testStreamEnds(t, w.SessionClient(t, w.OwnerConnectionString, nil), acc) })
+}
 
+func testStreamEnds(t *testing.T, o opener, acc *accepter) {
 	pair := func(t *testing.T) (svc, dev hubclient.Stream) {
-		svc, err := open(t, w, "dev1", "s")
+		svc, err := openVia(t, o, "dev1", "s")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -250,8 +250,11 @@ func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (
 	return newSessionConn(st, s.local, s.remote, func() error {
 		var res wire.OpenResult
 		if err := wire.ReadMessage(st, &res); err != nil {
-			if errors.Is(err, yamux.ErrTimeout) {
+			switch {
+			case errors.Is(err, yamux.ErrTimeout):
 				return err
+			case st.Session().IsClosed():
+				return fmt.Errorf("%s: %w", op, ErrSessionLost)
 			}
 			return fmt.Errorf("%s: no answer from the hub: %w", op, err)
 		}

@@ -158,11 +158,11 @@ func (c *sessionConn) fail(err error) error {
 		err = net.ErrClosed
 	case errors.Is(err, yamux.ErrTimeout), errors.As(err, &ne) && ne.Timeout():
 		return err // a read deadline: the stream goes on
+	case errors.Is(err, yamux.ErrSessionShutdown), c.st.Session().IsClosed():
+		err = fmt.Errorf("read stream: %w", ErrSessionLost)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, yamux.ErrConnectionReset):
 		// The stream ended without a close frame: its far end is gone.
 		err = &StreamEndError{Code: wire.ClosePeerLost}
-	case errors.Is(err, yamux.ErrSessionShutdown):
-		err = fmt.Errorf("read stream: %w", ErrSessionLost)
 	default:
 		err = fmt.Errorf("read stream: %w", err)
 	}

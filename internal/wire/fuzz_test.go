@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzReadStreamResponse feeds arbitrary bytes to the reader of a device's
@@ -73,6 +74,76 @@ func FuzzReadSessionReady(f *testing.F) {
 		}
 		if n := int(binary.BigEndian.Uint32(in)); n > MaxMessageSize || r.Len() != len(in)-4-n {
 			t.Fatalf("accepted a %d-byte message and left %d of %d bytes", n, r.Len(), len(in))
+		}
+	})
+}
+
+// FuzzFrames feeds arbitrary bytes to the frame parser that the hub runs
+// on every session stream, from services and devices alike: a frame it
+// accepts has a known type and a bounded payload, its header encodes back
+// to the same bytes, and a close frame's reason is UTF-8 of at most
+// MaxCloseReason bytes.
+func FuzzFrames(f *testing.F) {
+	var h [FrameHeaderSize]byte
+	PutFrameHeader(h[:], FrameData, 5)
+	f.Add(append(h[:], "hello"...))
+	PutFrameHeader(h[:], FrameFin, 0)
+	f.Add(h[:])
+	f.Add(AppendClose(nil, 4001, "peer connection lost"))
+	f.Add(AppendClose(nil, 1000, strings.Repeat("é", 100)))
+	f.Add([]byte{FrameClose, 0, 0, 1, 0})
+	f.Add([]byte{FrameData, 0xff, 0xff, 0xff})
+	f.Add([]byte{9, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		for len(in) >= FrameHeaderSize {
+			typ, n, err := ParseFrameHeader(in)
+			if err != nil {
+				return
+			}
+			if n > MaxFramePayload || (typ == FrameFin && n != 0) {
+				t.Fatalf("accepted frame type %d with %d bytes", typ, n)
+			}
+			var again [FrameHeaderSize]byte
+			PutFrameHeader(again[:], typ, n)
+			if !bytes.Equal(again[:], in[:FrameHeaderSize]) {
+				t.Fatalf("header %x encodes back as %x", in[:FrameHeaderSize], again)
+			}
+			in = in[FrameHeaderSize:]
+			if len(in) < n {
+				return
+			}
+			if typ == FrameClose {
+				code, reason, err := ParseClose(in[:n])
+				if err == nil {
+					if len(reason) > MaxCloseReason || !utf8.ValidString(reason) {
+						t.Fatalf("accepted close reason %q", reason)
+					}
+					if got := AppendClose(nil, code, reason); !bytes.Equal(got[FrameHeaderSize:], in[:n]) {
+						t.Fatalf("close frame %x re-encodes as %x", in[:n], got[FrameHeaderSize:])
+					}
+				}
+			}
+			in = in[n:]
+		}
+	})
+}
+
+// FuzzReadOpenStream feeds arbitrary bytes to the reader of a service's
+// first message on a session stream: an error or a message within the
+// limits, never a panic.
+func FuzzReadOpenStream(f *testing.F) {
+	var buf bytes.Buffer
+	_ = WriteMessage(&buf, &OpenStream{DeviceID: "dev1", Name: "ssh", ConnectTimeout: 5})
+	f.Add(buf.Bytes())
+	f.Add([]byte{0, 0, 0, 2, '{', '}'})
+	f.Add([]byte(`{"deviceId":"x","name":""}`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var o OpenStream
+		if err := ReadMessage(bytes.NewReader(in), &o); err != nil {
+			return
+		}
+		if o.Validate() == nil && (o.DeviceID == "" || o.Name == "" || len(o.Name) > MaxStreamNameLen || o.ConnectTimeout < 0 || o.ResponseTimeout < 0) {
+			t.Fatalf("Validate accepted %+v", o)
 		}
 	})
 }
