@@ -356,6 +356,7 @@ func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.Str
 	s.metrics.streamStarted()
 	if ctl != nil {
 		s.metrics.paired(st.created)
+		st.log.Debug().Str("mode", "session").Bool("paired", true).Msg("stream relaying")
 	}
 	return st, resp, ctl, nil
 }

@@ -140,6 +140,7 @@ OWNER_CS=$(cat "$HUB_DIR/iothubowner.connection-string")
 OWNER_CS_FILE=$WORK/owner.cs
 (umask 077 && printf '%s\n' "$OWNER_CS" >"$OWNER_CS_FILE")
 CLIENT=(--connection-string-file "$OWNER_CS_FILE" --ca-file "$CA")
+MODE=() # extra flags of the service proxy in echo_through
 
 # ---------------------------------------------------------------- tinyproxy
 
@@ -205,7 +206,7 @@ SRC_SUM=$(sha256sum "$DATA/src.bin" | cut -d' ' -f1)
 echo_through() {
 	local tag=$1 id=$2 rc=0 sum
 	shift 2
-	timeout 60 "$@" "$BIN" service --stdio "${CLIENT[@]}" --device-id "$id" --stream-name echo \
+	timeout 60 "$@" "$BIN" service --stdio "${CLIENT[@]}" "${MODE[@]}" --device-id "$id" --stream-name echo \
 		<"$DATA/src.bin" >"$DATA/back-$tag.bin" 2>"$LOGS/service-$tag.log" || rc=$?
 	if ((rc != 0)); then
 		printf 'service --stdio exited %d: %s\n' "$rc" "$(tail -n 3 "$LOGS/service-$tag.log")"
@@ -253,7 +254,10 @@ fi
 
 # ---------------------------------------------------------------- c: device stream
 
-log "c: the device's side of a stream through the proxy (service direct)"
+log "c: the device's side of a stream through the proxy (service direct, per-stream mode)"
+# In session mode the device's side of a stream rides on its control
+# session (b); per-stream, it is a WebSocket of its own.
+MODE=(--mode per-stream)
 n0=$(connects)
 if out=$(echo_through c proxied-dev "${DIRECT[@]}"); then
 	n1=$(connects)
@@ -276,9 +280,21 @@ if out=$(echo_through d direct-dev "${VIA_PROXY[@]}"); then
 	# One CONNECT for the REST call, one for the streaming WebSocket (its
 	# own transport).
 	if ((n1 - n0 >= 2)); then
-		pass "d 1 MiB echoed intact; service REST call and stream WebSocket went through the proxy ($((n1 - n0)) CONNECT)"
+		pass "d [per-stream] 1 MiB echoed intact; service REST call and stream WebSocket went through the proxy ($((n1 - n0)) CONNECT)"
 	else
-		fail "d 1 MiB echoed, but only $((n1 - n0)) CONNECT through the proxy, want 2 (REST call and stream WebSocket)"
+		fail "d [per-stream] 1 MiB echoed, but only $((n1 - n0)) CONNECT through the proxy, want 2 (REST call and stream WebSocket)"
+	fi
+else
+	fail "d [per-stream] echo through direct-dev: $out"
+fi
+MODE=()
+n0=$(connects)
+if out=$(echo_through d-session direct-dev "${VIA_PROXY[@]}"); then
+	n1=$(connects)
+	if ((n1 - n0 >= 1)); then
+		pass "d [session] 1 MiB echoed intact; the service's session went through the proxy ($((n1 - n0)) CONNECT)"
+	else
+		fail "d [session] 1 MiB echoed, but the service's session bypassed HTTPS_PROXY (0 CONNECT)"
 	fi
 else
 	fail "d echo with a proxied service: $out"
