@@ -24,7 +24,7 @@ package hub
 // only as fast as the slower side takes it: backpressure, not death. So no
 // ping is sent while a relay write is in progress, and a ping that times
 // out is forgiven if a relay write is in progress or anything moved
-// meanwhile (see watch). A side that stops reading is never ended for it
+// meanwhile (see checkLive). A side that stops reading is never ended for it
 // while the other side keeps writing; a side that answers nothing while
 // the stream stands still, for the keepalive window, is.
 //
@@ -283,10 +283,16 @@ func (a *activity) moved(to side) {
 // total is how much the relay has moved either way so far.
 func (a *activity) total() int64 { return a.sent[0].Load() + a.sent[1].Load() }
 
-// watch checks the two sides of a relayed stream are alive until ctx ends:
-// every KeepAliveInterval it pings both, and when a side does not answer
-// within ConnectionWriteTimeout it sends that side's end on lost and
-// returns.
+// liveness is what the liveness check of one relayed stream remembers
+// between checks.
+type liveness struct {
+	proven [2]int64 // act.sent of each side as of its last pong
+}
+
+// checkLive checks once that the two sides of a relayed stream are alive,
+// as the relay does every KeepAliveInterval: it pings both, and when a side
+// does not answer within ConnectionWriteTimeout it returns that side's end
+// and true. ctx ending cuts the check short.
 //
 // Pings and their answers queue behind the messages sent before them, which
 // move only as fast as the slower side takes them: backpressure, not
@@ -301,56 +307,46 @@ func (a *activity) total() int64 { return a.sent[0].Load() + a.sent[1].Load() }
 // sending to, is seen as backpressure; a frozen device is caught by its
 // control session instead, and a lost network by TCP's retransmission
 // limit on the unacknowledged data.)
-func (s *Server) watch(ctx context.Context, conns [2]*websocket.Conn, act *activity, lost chan<- end) {
-	t := time.NewTicker(s.cfg.KeepAliveInterval)
-	defer t.Stop()
-	var proven [2]int64 // act.sent of each side as of its last pong
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if act.busy.Load() > 0 {
+func (s *Server) checkLive(ctx context.Context, conns [2]*websocket.Conn, act *activity, lv *liveness) (end, bool) {
+	if act.busy.Load() > 0 {
+		return end{}, false
+	}
+	var errs [2]error
+	sentBefore := [2]int64{act.sent[0].Load(), act.sent[1].Load()}
+	moved := sentBefore[0] + sentBefore[1]
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectionWriteTimeout)
+	var wg sync.WaitGroup
+	for sd, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[sd] = c.Ping(pctx)
+		}()
+	}
+	wg.Wait()
+	cancel()
+	if ctx.Err() != nil {
+		return end{}, false
+	}
+	for sd, err := range errs {
+		if err == nil {
+			lv.proven[sd] = sentBefore[sd]
 			continue
 		}
-		var errs [2]error
-		sentBefore := [2]int64{act.sent[0].Load(), act.sent[1].Load()}
-		moved := sentBefore[0] + sentBefore[1]
-		pctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectionWriteTimeout)
-		var wg sync.WaitGroup
-		for sd, c := range conns {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs[sd] = c.Ping(pctx)
-			}()
+		// Only a timeout means silence; other errors come from a
+		// connection that is closing, which its pump reports.
+		if !errors.Is(err, context.DeadlineExceeded) ||
+			act.busy.Load() > 0 || act.total() != moved ||
+			sentBefore[sd] != lv.proven[sd] {
+			continue
 		}
-		wg.Wait()
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		for sd, err := range errs {
-			if err == nil {
-				proven[sd] = sentBefore[sd]
-				continue
-			}
-			// Only a timeout means silence; other errors come from a
-			// connection that is closing, which its pump reports.
-			if !errors.Is(err, context.DeadlineExceeded) ||
-				act.busy.Load() > 0 || act.total() != moved ||
-				sentBefore[sd] != proven[sd] {
-				continue
-			}
-			from := side(sd)
-			lost <- end{
-				from: from, err: errNoPong, dead: true, code: ClosePeerLost, why: from.String() + " connection lost",
-				result: resultLost, reason: fmt.Sprintf("%s did not answer a ping within %s", from, s.cfg.ConnectionWriteTimeout),
-			}
-			return
-		}
+		from := side(sd)
+		return end{
+			from: from, err: errNoPong, dead: true, code: ClosePeerLost, why: from.String() + " connection lost",
+			result: resultLost, reason: fmt.Sprintf("%s did not answer a ping within %s", from, s.cfg.ConnectionWriteTimeout),
+		}, true
 	}
+	return end{}, false
 }
 
 // outcome names how a relay ended, for the stream event: a result and a

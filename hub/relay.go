@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -56,12 +57,10 @@ func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason str
 	ctx := context.Background()
 	idle := s.watchIdle()
 	defer idle.stop()
-	ends := make(chan end, 3)
+	ends := make(chan end, 2)
 	act := activity{idle: idle} // what the liveness and idle checks learn from the pumps
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		ends <- pump(ctx, svc, dev, st.batches[sideDevice], sideService, &st.bytesUp, &act)
@@ -70,21 +69,50 @@ func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason str
 		defer wg.Done()
 		ends <- pump(ctx, dev, svc, st.batches[sideService], sideDevice, &st.bytesDown, &act)
 	}()
-	go func() {
-		defer wg.Done()
-		s.watch(watchCtx, [2]*websocket.Conn{svc, dev}, &act, ends)
-	}()
 
+	// The liveness check runs on a goroutine of its own only while it
+	// pings: an idle stream costs the hub no goroutine for it.
+	tick := time.NewTicker(s.cfg.KeepAliveInterval)
+	defer tick.Stop()
+	checkCtx, stopCheck := context.WithCancel(ctx)
+	defer stopCheck()
+	var lv liveness
+	checks := make(chan end, 1) // a check's finding; the zero end when both sides answered
+	checking := false
 	var first end
-	select {
-	case first = <-ends:
-	case first = <-st.stop:
-	case <-s.ctx.Done():
-		first = shutdownEnd
-	case <-idle.expired():
-		first = end{from: -1, err: errIdle}
+wait:
+	for {
+		select {
+		case first = <-ends:
+			break wait
+		case first = <-st.stop:
+			break wait
+		case <-s.ctx.Done():
+			first = shutdownEnd
+			break wait
+		case <-idle.expired():
+			first = end{from: -1, err: errIdle}
+			break wait
+		case <-tick.C:
+			if checking {
+				continue
+			}
+			checking = true
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e, _ := s.checkLive(checkCtx, [2]*websocket.Conn{svc, dev}, &act, &lv)
+				checks <- e
+			}()
+		case e := <-checks:
+			checking = false
+			if e.err != nil {
+				first = e
+				break wait
+			}
+		}
 	}
-	stopWatch()
+	stopCheck()
 	code, why := closeFor(first)
 	// End both sides. Close sends the close frame at once; the wait for
 	// the peer's answer runs concurrently so neither side holds up the other.
