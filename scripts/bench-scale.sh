@@ -18,7 +18,11 @@
 #            dsproxy service port, each a stream through the hub and a
 #            dsproxy device to an echo target, echo a few bytes once and
 #            stay open; the hub's, the service proxy's and the device
-#            proxy's memory per stream.
+#            proxy's memory per stream. Once per service --mode in --modes
+#            (session: over the proxies' held sessions; per-stream: a
+#            WebSocket per side and stream; "default": no --mode flag).
+#            A mode whose streams do not fit in ulimit -n is measured with
+#            as many as fit.
 #
 # The Markdown table goes to stdout; progress and logs to stderr.
 #
@@ -28,6 +32,7 @@
 #
 # Usage: scripts/bench-scale.sh [--devices N] [--streams N] [--quick]
 #                               [--only devices|streams] [--no-restart]
+#                               [--modes session,per-stream]
 #                               [--worktree] [--profile] [--gc-wait DURATION]
 #                               [--json FILE]
 # Environment:
@@ -46,6 +51,7 @@ set -euo pipefail
 
 DEVICES=20000
 STREAMS=10000
+MODES=session,per-stream
 GC_WAIT=130s
 ONLY=
 RESTART=1
@@ -61,6 +67,7 @@ while (($# > 0)); do
 	case $1 in
 	--devices) DEVICES=${2:?}; shift 2 ;;
 	--streams) STREAMS=${2:?}; shift 2 ;;
+	--modes) MODES=${2:?}; shift 2 ;;
 	--quick) DEVICES=500 STREAMS=300 GC_WAIT=5s; shift ;;
 	--only) ONLY=${2:?}; shift 2 ;;
 	--no-restart) RESTART=; shift ;;
@@ -114,9 +121,6 @@ FILES=$(ulimit -n)
 log "open files limit (ulimit -n): $FILES"
 if want_row devices && ((DEVICES + 100 > FILES)); then
 	die "--devices $DEVICES needs ulimit -n above $((DEVICES + 100)), the hard limit is $FILES: raise it (limits.conf, systemd LimitNOFILE, docker --ulimit nofile=) or lower --devices"
-fi
-if want_row streams && ((2 * STREAMS + 100 > FILES)); then
-	die "--streams $STREAMS needs ulimit -n above $((2 * STREAMS + 100)), the hard limit is $FILES: raise it or lower --streams"
 fi
 
 # SRC is what gets built: a clean export of HEAD, or the tree with --worktree.
@@ -224,57 +228,84 @@ fi
 
 # ---------------------------------------------------------------- streams
 
-STREAMS_JSON=
-if want_row streams; then
-	HUB_DIR=$WORK/hub-streams
-	CA=$HUB_DIR/tls/ca.pem
+# run_streams MODE: the streams row with dsproxy service --mode MODE
+# ("default": without --mode, for binaries that predate it), each mode
+# against its own fresh hub, device and service proxy. Appends the JSON
+# file to STREAMS_JSONS.
+STREAMS_JSONS=()
+run_streams() {
+	local mode=$1 n=$STREAMS fds=2 dir name p attempt svc_name rc=0
+	local -a mode_flag=()
+	[[ $mode == default ]] || mode_flag=(--mode "$mode")
+	# A per-stream stream holds two descriptors in the hub (a WebSocket per
+	# side) and in the service proxy; over a session, one in the service
+	# proxy and none in the hub.
+	[[ $mode == session ]] && fds=1
+	if ((fds * n + 100 > FILES)); then
+		n=$(((FILES - 100) / fds))
+		log "WARN: $mode mode: $STREAMS streams need ulimit -n above $((fds * STREAMS + 100)), the hard limit is $FILES: measuring $n"
+	fi
+	dir=$WORK/hub-streams-$mode
 	# Limits raised so that only memory and descriptors bound the row: all
 	# streams go to one device, and the tool opens them as fast as it can.
-	start_scale_hub dsproxy-hub-streams "$HUB_DIR" 127.0.0.1 --log-format json \
-		--max-streams "$STREAMS" --max-streams-per-device "$STREAMS" --max-pending-handshakes 4096 \
+	start_scale_hub "dsproxy-hub-$mode" "$dir" 127.0.0.1 --log-format json --shutdown-grace 1s \
+		--max-streams "$n" --max-streams-per-device "$n" --max-pending-handshakes 4096 \
 		--stream-rate 100000 --stream-burst 100000 || die "dsproxy hub did not start"
-	STR_HUB_PORT=$HUB_PORT STR_HUB=$HUB_NAME
-	start echo "$ST" echo --listen 127.0.0.1:0
-	wait_for "scaletool echo" 10 echo test -s "$LOGS/echo.out" || die "scaletool echo did not start"
-	ECHO_ADDR=$(head -n 1 "$LOGS/echo.out")
-	CLIENT=(--connection-string-file "$HUB_DIR/iothubowner.connection-string" --ca-file "$CA")
-	DEV_CS=$("$BIN" devices add "${CLIENT[@]}" scale-streams 2>"$LOGS/devices-cli.log") || die "dsproxy devices add failed"
-	(umask 077 && printf '%s\n' "$DEV_CS" >"$WORK/device.cs")
+	local hub_name=$HUB_NAME hub_port=$HUB_PORT ca=$dir/tls/ca.pem
+	local -a client=(--connection-string-file "$dir/iothubowner.connection-string" --ca-file "$ca")
+	start "echo-$mode" "$ST" echo --listen 127.0.0.1:0
+	wait_for "scaletool echo" 10 "echo-$mode" test -s "$LOGS/echo-$mode.out" || die "scaletool echo did not start"
+	local echo_addr dev_cs
+	echo_addr=$(head -n 1 "$LOGS/echo-$mode.out")
+	dev_cs=$("$BIN" devices add "${client[@]}" scale-streams 2>"$LOGS/devices-cli.log") || die "dsproxy devices add failed"
+	(umask 077 && printf '%s\n' "$dev_cs" >"$WORK/device-$mode.cs")
 	device_connected() {
-		"$BIN" devices show --json "${CLIENT[@]}" scale-streams 2>>"$LOGS/devices-cli.log" | grep -q '"connectionState": *"Connected"'
+		"$BIN" devices show --json "$@" scale-streams 2>>"$LOGS/devices-cli.log" | grep -q '"connectionState": *"Connected"'
 	}
-	start dsproxy-device "$BIN" device --connection-string-file "$WORK/device.cs" --ca-file "$CA" \
-		--target "echo=$ECHO_ADDR" --log-format json --log-level warn
-	wait_for "device connected" 20 dsproxy-device device_connected || die "dsproxy device did not connect"
-	SVC_NAME=
+	start "dsproxy-device-$mode" "$BIN" device --connection-string-file "$WORK/device-$mode.cs" --ca-file "$ca" \
+		--target "echo=$echo_addr" --log-format json --log-level warn
+	wait_for "device connected" 20 "dsproxy-device-$mode" device_connected "${client[@]}" || die "dsproxy device did not connect"
+	svc_name=
 	for attempt in 1 2 3 4 5; do
 		p=$(free_port)
-		start "dsproxy-service-$attempt" "$BIN" service "${CLIENT[@]}" --device-id scale-streams \
+		name=dsproxy-service-$mode-$attempt
+		start "$name" "$BIN" service "${client[@]}" --device-id scale-streams "${mode_flag[@]}" \
 			--forward "127.0.0.1:$p=echo" --log-format json --log-level warn
-		if wait_for "service on port $p" 15 "dsproxy-service-$attempt" port_open "$p"; then
-			SVC_NAME=dsproxy-service-$attempt
+		if wait_for "service on port $p" 15 "$name" port_open "$p"; then
+			svc_name=$name
 			break
 		fi
-		bind_failed "dsproxy-service-$attempt" || die "dsproxy service did not start"
+		bind_failed "$name" || die "dsproxy service did not start"
 	done
-	[[ -n $SVC_NAME ]] || die "service: no free port after 5 attempts"
-	STREAMS_JSON=$WORK/streams.json
-	ARGS=(streams --addr "127.0.0.1:$p" --n "$STREAMS" --hub "127.0.0.1:$STR_HUB_PORT" --ca-file "$CA"
-		--hub-pid "${PROC_PID[$STR_HUB]}" --service-pid "${PROC_PID[$SVC_NAME]}"
-		--device-pid "${PROC_PID[dsproxy-device]}" --gc-wait "$GC_WAIT")
-	[[ -z $PROFILE ]] || ARGS+=(--hub-data-dir "$HUB_DIR" --profile-dir "$PROFILE_DIR")
-	log "scaletool ${ARGS[*]}"
-	SIM_RC=0
-	"$ST" "${ARGS[@]}" >"$STREAMS_JSON" 2>"$LOGS/scaletool-streams.log" || SIM_RC=$?
-	cat "$LOGS/scaletool-streams.log" >&2
-	((SIM_RC == 0)) || die "scaletool streams failed (exit $SIM_RC)"
-	pass "streams row: $STREAMS streams"
+	[[ -n $svc_name ]] || die "service: no free port after 5 attempts"
+	local out=$WORK/streams-$mode.json
+	local -a args=(streams --mode "$mode" --addr "127.0.0.1:$p" --n "$n" --hub "127.0.0.1:$hub_port" --ca-file "$ca"
+		--hub-pid "${PROC_PID[$hub_name]}" --service-pid "${PROC_PID[$svc_name]}"
+		--device-pid "${PROC_PID[dsproxy-device-$mode]}" --gc-wait "$GC_WAIT")
+	[[ -z $PROFILE ]] || args+=(--hub-data-dir "$dir" --profile-dir "$PROFILE_DIR")
+	log "scaletool ${args[*]}"
+	"$ST" "${args[@]}" >"$out" 2>"$LOGS/scaletool-streams-$mode.log" || rc=$?
+	cat "$LOGS/scaletool-streams-$mode.log" >&2
+	((rc == 0)) || die "scaletool streams ($mode) failed (exit $rc)"
+	pass "streams row, $mode mode: $n streams"
+	STREAMS_JSONS+=("$out")
+	# The streams have drained (the tool waits for that): stop this mode's
+	# processes before the next one.
+	stop_proc "$svc_name" "${PROC_PID[$svc_name]}" || fail "$svc_name did not stop within 5 s of SIGTERM"
+	stop_proc "dsproxy-device-$mode" "${PROC_PID[dsproxy-device-$mode]}" || fail "dsproxy-device-$mode did not stop within 5 s of SIGTERM"
+	stop_proc "$hub_name" "${PROC_PID[$hub_name]}" || fail "$hub_name did not stop within 5 s of SIGTERM"
+	stop_proc "echo-$mode" "${PROC_PID[echo-$mode]}" || true
+}
+
+if want_row streams; then
+	IFS=, read -r -a MODE_LIST <<<"$MODES"
+	for mode in "${MODE_LIST[@]}"; do run_streams "$mode"; done
 fi
 
 # ---------------------------------------------------------------- table
 
 TABLE_ARGS=(table --json "$JSON_OUT" --go "$(go version | sed 's/^go version //')" --commit "$COMMIT")
 [[ -z $DEVICES_JSON ]] || TABLE_ARGS+=(--devices "$DEVICES_JSON")
-[[ -z $STREAMS_JSON ]] || TABLE_ARGS+=(--streams "$STREAMS_JSON")
+for f in "${STREAMS_JSONS[@]}"; do TABLE_ARGS+=(--streams "$f"); done
 "$ST" "${TABLE_ARGS[@]}" >&3 || die "scaletool table failed"
 log "raw results in $JSON_OUT"

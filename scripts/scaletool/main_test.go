@@ -307,17 +307,20 @@ func TestTable(t *testing.T) {
 	d.N = 100
 	d.Hub.PerDevice = perUnit{RSS: 40 << 10, HeapLive: 20 << 10}
 	d.Restart = &restartResult{Back: 100, AllBackSeconds: 12.5, Failures: map[string]int{"refused": 3, "eof": 3, "timeout": 9}, FailureTotal: 15}
-	var s streamsResult
-	s.N = 50
+	var s, s2 streamsResult
+	s.N, s.Mode = 50, "per-stream"
 	s.Hub.PerStream = perUnit{RSS: 100 << 10}
+	s2.N, s2.Mode = 60, "session"
+	s2.Hub.PerStream = perUnit{RSS: 30 << 10}
 	var buf bytes.Buffer
-	writeTable(&buf, scaleRun{Date: "d", Machine: "m", Go: "go", Commit: "c", Devices: &d, Streams: &s})
+	writeTable(&buf, scaleRun{Date: "d", Machine: "m", Go: "go", Commit: "c", Devices: &d, Streams: []*streamsResult{&s, &s2}})
 	out := buf.String()
 	for _, want := range []string{
 		"| 100 idle devices | hub RSS per device | 40.0 KiB | ≤ 48.0 KiB | meets |",
 		"| | all back after hub restart (from the drop) | 12.5 s | ≤ 30 s | meets |",
 		"15 (timeout 9, eof 3, refused 3)",
-		"| 50 open streams | hub RSS per stream | 100.0 KiB | ≤ 64.0 KiB | **misses** |",
+		"| 50 open streams, per-stream mode | hub RSS per stream | 100.0 KiB | ≤ 64.0 KiB | **misses** |",
+		"| 60 open streams, session mode | hub RSS per stream | 30.0 KiB | ≤ 64.0 KiB | meets |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)

@@ -21,7 +21,8 @@ import (
 
 // streamsResult is what scaletool streams prints.
 type streamsResult struct {
-	Row       string `json:"row"` // "streams"
+	Row       string `json:"row"`  // "streams"
+	Mode      string `json:"mode"` // the service proxy's --mode, as the script says
 	N         int    `json:"n"`
 	FileLimit uint64 `json:"fileLimit"`
 	Opened    int    `json:"opened"`
@@ -35,11 +36,14 @@ type streamsResult struct {
 	// milliseconds, of the attempts that succeeded.
 	SetupMS summary `json:"setupMs"`
 	// LiveAtEnd is how many streams echoed again after the measurement.
-	LiveAtEnd int        `json:"liveAtEnd"`
-	HubActive float64    `json:"hubActiveStreams"`
-	Hub       procMemory `json:"hub"`
-	Service   procMemory `json:"service"`
-	Device    procMemory `json:"device"`
+	LiveAtEnd int `json:"liveAtEnd"`
+	// DrainSeconds is how long the hub took to count no active streams
+	// after the tool closed all its connections.
+	DrainSeconds float64    `json:"drainSeconds"`
+	HubActive    float64    `json:"hubActiveStreams"`
+	Hub          procMemory `json:"hub"`
+	Service      procMemory `json:"service"`
+	Device       procMemory `json:"device"`
 }
 
 // procMemory is a process's memory before and after the streams opened.
@@ -51,6 +55,7 @@ type procMemory struct {
 
 func streamsCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("streams", flag.ContinueOnError)
+	mode := fs.String("mode", "", "label of the service proxy's --mode, for the table")
 	addr := fs.String("addr", "", "`HOST:PORT` of the service proxy's listener")
 	n := fs.Int("n", 1000, "number of concurrent streams")
 	concurrency := fs.Int("concurrency", 64, "streams being set up at once")
@@ -76,7 +81,7 @@ func streamsCmd(ctx context.Context, args []string) error {
 		return errors.New("--n and --concurrency must be positive, --retries not negative")
 	}
 	var res streamsResult
-	res.Row, res.N = "streams", *n
+	res.Row, res.Mode, res.N = "streams", *mode, *n
 	lim, err := raiseFileLimit()
 	if err != nil {
 		return err
@@ -163,6 +168,24 @@ func streamsCmd(ctx context.Context, args []string) error {
 	}
 	res.LiveAtEnd = echoAll(ctx, conns, *concurrency)
 	progress("%d of %d streams still echo", res.LiveAtEnd, *n)
+
+	// Close them all and wait for the hub to let go of every stream, so
+	// that the processes stop promptly after the row.
+	t0 := time.Now()
+	for i, c := range conns {
+		if c != nil {
+			c.Close()
+			conns[i] = nil
+		}
+	}
+	if err := waitFor(ctx, 2*time.Minute, "hub ends every stream", func() (bool, string) {
+		v, err := hm.gauge(ctx, "dsproxy_hub_active_streams")
+		return err == nil && v == 0, fmt.Sprintf("active %v (%v)", v, err)
+	}); err != nil {
+		return err
+	}
+	res.DrainSeconds = time.Since(t0).Seconds()
+	progress("streams drained in %.1fs", res.DrainSeconds)
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 

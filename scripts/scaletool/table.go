@@ -25,14 +25,15 @@ const (
 func tableCmd(args []string) error {
 	fs := flag.NewFlagSet("table", flag.ContinueOnError)
 	devicesFile := fs.String("devices", "", "`FILE`: the JSON of scaletool devices (optional)")
-	streamsFile := fs.String("streams", "", "`FILE`: the JSON of scaletool streams (optional)")
+	var streamsFiles stringList
+	fs.Var(&streamsFiles, "streams", "`FILE`: the JSON of scaletool streams (repeatable, one per mode; optional)")
 	goVersion := fs.String("go", runtime.Version(), "Go version of the measured binary")
 	commit := fs.String("commit", "unknown", "commit of the measured binary")
 	out := fs.String("json", "", "`FILE` to write both rows and the run's facts to")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *devicesFile == "" && *streamsFile == "" {
+	if *devicesFile == "" && len(streamsFiles) == 0 {
 		return errors.New("give --devices, --streams or both")
 	}
 	run := scaleRun{
@@ -45,11 +46,12 @@ func tableCmd(args []string) error {
 			return err
 		}
 	}
-	if *streamsFile != "" {
-		run.Streams = new(streamsResult)
-		if err := readJSON(*streamsFile, run.Streams); err != nil {
+	for _, f := range streamsFiles {
+		s := new(streamsResult)
+		if err := readJSON(f, s); err != nil {
 			return err
 		}
+		run.Streams = append(run.Streams, s)
 	}
 	if *out != "" {
 		b, err := json.MarshalIndent(run, "", "  ")
@@ -66,13 +68,19 @@ func tableCmd(args []string) error {
 
 // scaleRun is one bench-scale.sh run: its facts and its rows.
 type scaleRun struct {
-	Date    string         `json:"date"`
-	Machine string         `json:"machine"`
-	Go      string         `json:"go"`
-	Commit  string         `json:"commit"`
-	Devices *devicesResult `json:"devices,omitempty"`
-	Streams *streamsResult `json:"streams,omitempty"`
+	Date    string           `json:"date"`
+	Machine string           `json:"machine"`
+	Go      string           `json:"go"`
+	Commit  string           `json:"commit"`
+	Devices *devicesResult   `json:"devices,omitempty"`
+	Streams []*streamsResult `json:"streams,omitempty"`
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func readJSON(name string, v any) error {
 	b, err := os.ReadFile(name)
@@ -150,8 +158,11 @@ func writeTable(w io.Writer, r scaleRun) {
 			fmt.Fprintf(w, "| | devices back per 5 s since the drop | %s | | |\n", histString(rebucket(rr.Histogram, 5), 5))
 		}
 	}
-	if s := r.Streams; s != nil {
+	for _, s := range r.Streams {
 		row := fmt.Sprintf("%d open streams", s.N)
+		if s.Mode != "" {
+			row += ", " + s.Mode + " mode"
+		}
 		fmt.Fprintf(w, "| %s | hub RSS per stream | %s | ≤ %s | %s |\n", row, kib(s.Hub.PerStream.RSS), kib(targetStreamBytes), verdict(s.Hub.PerStream.RSS, targetStreamBytes))
 		fmt.Fprintf(w, "| | hub Go live heap per stream | %s | | |\n", kib(s.Hub.PerStream.HeapLive))
 		fmt.Fprintf(w, "| | hub goroutine stacks per stream | %s | | |\n", kib(s.Hub.PerStream.StackInuse))
@@ -161,7 +172,7 @@ func writeTable(w io.Writer, r scaleRun) {
 		fmt.Fprintf(w, "| | device proxy RSS per stream | %s | | |\n", kib(s.Device.PerStream.RSS))
 		fmt.Fprintf(w, "| | opened (setups/s at %s) | %d (%.0f/s), %d failed attempts | | |\n", "the tool's concurrency", s.Opened, s.SetupsPerSec, s.FailedAttempts)
 		fmt.Fprintf(w, "| | setup p50 / p99 while opening | %.1f / %.1f ms | | |\n", s.SetupMS.P50, s.SetupMS.P99)
-		fmt.Fprintf(w, "| | still echoing at the end | %d of %d | | |\n", s.LiveAtEnd, s.N)
+		fmt.Fprintf(w, "| | still echoing at the end; drained in | %d of %d; %.1f s | | |\n", s.LiveAtEnd, s.N, s.DrainSeconds)
 	}
 }
 
