@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/dsproxy/dsproxy/internal/batch"
+	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // batchListener wraps each accepted connection in a batch.Conn, below the
@@ -41,4 +42,12 @@ func withBatch(ctx context.Context, c net.Conn) context.Context {
 func batchOf(r *http.Request) *batch.Conn {
 	bc, _ := r.Context().Value(batchKey{}).(*batch.Conn)
 	return bc
+}
+
+// batcherOf is batchOf as a wsmux.Batcher: nil when there is none.
+func batcherOf(r *http.Request) wsmux.Batcher {
+	if bc := batchOf(r); bc != nil {
+		return bc
+	}
+	return nil
 }

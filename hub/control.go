@@ -197,7 +197,7 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	defer drop()
 	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
 	// yamux's complaints say why a session broke: at debug.
-	nc := wsmux.Conn(ctx, ws)
+	nc := wsmux.Conn(ctx, ws, batcherOf(r))
 	mux, err := yamux.Client(nc, wsmux.Config(yamuxLogger(sessLog)))
 	if err != nil {
 		ws.CloseNow()

@@ -68,7 +68,7 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	ctx, drop := context.WithCancel(s.ctx)
 	defer drop()
 	log := s.log.With().Str(fieldPolicy, p.policy).Str(fieldRemote, r.RemoteAddr).Logger()
-	nc := wsmux.Conn(ctx, ws)
+	nc := wsmux.Conn(ctx, ws, batcherOf(r))
 	mux, err := yamux.Server(nc, wsmux.Config(yamuxLogger(log)))
 	if err != nil {
 		ws.CloseNow()

@@ -260,8 +260,10 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 		return err
 	}
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// Its own transport, as a stream's: session streams carry data on it.
+	tr, layers := streamTransport(c.http.Transport.(*http.Transport))
 	ws, resp, err := websocket.Dial(dialCtx, c.url("wss", "/devices/"+pathEscape(c.cs.DeviceID)+"/control?api-version=2020-09-30"), &websocket.DialOptions{
-		HTTPClient:   c.http,
+		HTTPClient:   &http.Client{Transport: tr},
 		HTTPHeader:   http.Header{"Authorization": {auth}, wire.HeaderFeatures: {wire.FeatureInline}},
 		Subprotocols: []string{wire.ControlSubprotocol},
 	})
@@ -298,8 +300,8 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 		}
 		release()
 	}()
-	nc := wsmux.Conn(sctx, ws)
-	addrs := [2]net.Addr{nc.LocalAddr(), nc.RemoteAddr()}
+	nc := wsmux.Conn(sctx, ws, gatherer{layers})
+	addrs := [2]net.Addr{layers.local, layers.remote}
 	mux, err := yamux.Server(nc, wsmux.Config(nil))
 	if err != nil {
 		ws.CloseNow()

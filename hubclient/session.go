@@ -143,6 +143,13 @@ func (c *SessionClient) Run(ctx context.Context) error {
 	}
 }
 
+// gatherer lets wsmux gather a session's messages through a stream's
+// layers.
+type gatherer struct{ l *streamLayers }
+
+func (g gatherer) Hold()          { g.l.hold() }
+func (g gatherer) Release() error { return g.l.release() }
+
 // sessionEnd says why a closed yamux session ended.
 func sessionEnd(mux *yamux.Session) error {
 	if _, err := mux.AcceptStream(); err != nil {
@@ -157,16 +164,7 @@ func (c *SessionClient) dial(ctx context.Context) (*clientSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	var local, remote net.Addr
-	tr := c.http.Transport.(*http.Transport).Clone()
-	dialTCP := tr.DialContext
-	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := dialTCP(ctx, network, addr)
-		if err == nil {
-			local, remote = nc.LocalAddr(), nc.RemoteAddr()
-		}
-		return nc, err
-	}
+	tr, layers := streamTransport(c.http.Transport.(*http.Transport))
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	ws, resp, err := websocket.Dial(dctx, c.url("wss", "/service/session?api-version=2020-09-30"), &websocket.DialOptions{
@@ -185,14 +183,14 @@ func (c *SessionClient) dial(ctx context.Context) (*clientSession, error) {
 		return nil, errors.New("connect session: hub did not agree on " + wire.SessionSubprotocol + ": is it older than this client?")
 	}
 	sctx, stop := context.WithCancel(context.Background()) // the session's lifetime, until close
-	nc := wsmux.Conn(sctx, ws)
+	nc := wsmux.Conn(sctx, ws, gatherer{layers})
 	mux, err := yamux.Client(nc, wsmux.Config(nil))
 	if err != nil {
 		stop()
 		ws.CloseNow()
 		return nil, fmt.Errorf("session: %w", err)
 	}
-	s := &clientSession{mux: mux, ws: ws, cancel: stop, local: local, remote: remote, watching: make(chan struct{})}
+	s := &clientSession{mux: mux, ws: ws, cancel: stop, local: layers.local, remote: layers.remote, watching: make(chan struct{})}
 	go func() {
 		defer close(s.watching)
 		_ = wsmux.Keepalive(mux, nc, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)

@@ -61,14 +61,21 @@ const (
 // session streams write at most 64 KiB at a time.
 const keepBuf = 128 << 10
 
+// Batcher gathers the writes that make up one message into one write
+// below TLS (see internal/batch): Hold before the message, Release after.
+type Batcher interface {
+	Hold()
+	Release() error
+}
+
 // Conn returns a net.Conn over ws for a yamux session: reads and writes
-// binary messages, and each yamux data frame goes out as one message.
-// It raises ws's read limit to the largest frame a session sends (a
-// stream's whole window). ctx bounds the connection: when it ends, the
-// connection closes.
-func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
+// binary messages, and each yamux data frame goes out as one message,
+// gathered by b when it is not nil. It raises ws's read limit to the
+// largest frame a session sends (a stream's whole window). ctx bounds the
+// connection: when it ends, the connection closes.
+func Conn(ctx context.Context, ws *websocket.Conn, b Batcher) net.Conn {
 	ws.SetReadLimit(headerSize + WindowSize)
-	return &conn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx, start: time.Now()}
+	return &conn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx, b: b, start: time.Now()}
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -146,6 +153,7 @@ type conn struct {
 	net.Conn
 	ws    *websocket.Conn
 	ctx   context.Context
+	b     Batcher      // nil: no gathering
 	start time.Time    // monotonic origin of heard
 	heard atomic.Int64 // time.Since(start) when the peer was last heard from
 
@@ -163,13 +171,16 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.want = 0
 		if len(p) != want {
 			// Not the body the header announced: send both as they came.
-			if _, err := c.Conn.Write(c.hdr[:]); err != nil {
-				return 0, err
+			if err := c.send(c.hdr[:]); err != nil {
+				return 0, fmt.Errorf("write session frame: %w", err)
 			}
-			return c.Conn.Write(p)
+			if err := c.send(p); err != nil {
+				return 0, fmt.Errorf("write session frame: %w", err)
+			}
+			return len(p), nil
 		}
 		c.buf = append(append(c.buf[:0], c.hdr[:]...), p...)
-		err := c.ws.Write(c.ctx, websocket.MessageBinary, c.buf)
+		err := c.send(c.buf)
 		if cap(c.buf) > keepBuf {
 			c.buf = nil // an unusually large frame: do not keep its buffer
 		}
@@ -185,5 +196,21 @@ func (c *conn) Write(p []byte) (int, error) {
 			return len(p), nil
 		}
 	}
-	return c.Conn.Write(p)
+	if err := c.send(p); err != nil {
+		return 0, fmt.Errorf("write session frame: %w", err)
+	}
+	return len(p), nil
+}
+
+// send writes p as one binary message.
+func (c *conn) send(p []byte) error {
+	if c.b == nil {
+		return c.ws.Write(c.ctx, websocket.MessageBinary, p)
+	}
+	c.b.Hold()
+	err := c.ws.Write(c.ctx, websocket.MessageBinary, p)
+	if rerr := c.b.Release(); err == nil {
+		err = rerr
+	}
+	return err
 }
