@@ -3,9 +3,7 @@ package tunnel_test
 import (
 	"io"
 	"net"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/dsproxy/dsproxy/internal/dsproxytest"
 )
@@ -46,15 +44,6 @@ func pushThrough(b *testing.B, addr string) {
 	}
 	gb := float64(b.N) * float64(len(buf)) / 1e9
 	b.ReportMetric((processCPU(b)-cpu0).Seconds()/gb, "cpu-s/GB")
-}
-
-// processCPU is the user and system CPU time the process has used.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkThroughputDirect is the baseline: straight to the sink over
