@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"strings"
@@ -141,6 +142,10 @@ func TestParseIperf3(t *testing.T) {
 		if _, err := parseIperf3([]byte(in)); err == nil {
 			t.Errorf("parseIperf3(%s) succeeded, want an error", name)
 		}
+	}
+	_, err = parseIperf3([]byte(`{"start":{},"end":{},"error":"the server is busy running a test. try again later"}`))
+	if !errors.Is(err, errIperf3Busy) {
+		t.Errorf("parseIperf3(busy) = %v, want errIperf3Busy", err)
 	}
 	_, err = parseIperf3([]byte(`{"error":"unable to connect to server"}`))
 	if err == nil || !strings.Contains(err.Error(), "unable to connect") {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -50,14 +51,28 @@ func iperf3Cmd(ctx context.Context, args []string) error {
 	if *reverse {
 		cmdArgs = append(cmdArgs, "-R")
 	}
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, *bin, cmdArgs...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	runErr := cmd.Run()
-	res, err := parseIperf3(stdout.Bytes())
-	if err != nil {
+	var res iperf3Result
+	for attempt := 1; ; attempt++ {
+		var stdout, stderr bytes.Buffer
+		cmd := exec.CommandContext(ctx, *bin, cmdArgs...)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		runErr := cmd.Run()
+		res, err = parseIperf3(stdout.Bytes())
+		if err == nil {
+			break
+		}
+		// The server runs one test at a time, and learns that the last
+		// one ended only when its connections close through the path.
+		if errors.Is(err, errIperf3Busy) && attempt < busyRetries {
+			select {
+			case <-time.After(busyWait):
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		if runErr != nil {
-			return fmt.Errorf("%s %v: %w (%s)", *bin, cmdArgs, runErr, bytes.TrimSpace(stderr.Bytes()))
+			return fmt.Errorf("%s %v: %w (%s)", *bin, cmdArgs, err, bytes.TrimSpace(stderr.Bytes()))
 		}
 		return err
 	}
@@ -81,6 +96,16 @@ func boolFloat(b bool) float64 {
 	}
 	return 0
 }
+
+// busyRetries and busyWait bound how long iperf3Cmd waits for a server
+// that is still busy with the previous test.
+const (
+	busyRetries = 40
+	busyWait    = 250 * time.Millisecond
+)
+
+// errIperf3Busy is parseIperf3's error for a server busy with another test.
+var errIperf3Busy = errors.New("iperf3 server busy with another test")
 
 // iperf3Result is what a row takes from iperf3's JSON output.
 type iperf3Result struct {
@@ -111,6 +136,10 @@ func parseIperf3(b []byte) (iperf3Result, error) {
 		return iperf3Result{}, fmt.Errorf("iperf3 output: %w", err)
 	}
 	if out.Error != "" {
+		// iperf3 has no error codes in its JSON: its message is all there is.
+		if strings.Contains(out.Error, "server is busy") {
+			return iperf3Result{}, fmt.Errorf("%w: %s", errIperf3Busy, out.Error)
+		}
 		return iperf3Result{}, fmt.Errorf("iperf3: %s", out.Error)
 	}
 	r := out.End.SumReceived
