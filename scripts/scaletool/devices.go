@@ -83,6 +83,7 @@ type restartResult struct {
 	// the simulator's over the whole restart (it shares the machine's
 	// cores with the hub here; a real fleet does not).
 	HubCPUSeconds float64  `json:"hubCPUSeconds"`
+	Load1         float64  `json:"loadAverage1m"` // the machine's load when all were back
 	SimCPUSeconds float64  `json:"simulatorCPUSeconds"`
 	Examples      []string `json:"examples,omitempty"` // a few "other" errors as logged
 	HubGauge      float64  `json:"hubConnectedDevices"`
@@ -380,6 +381,7 @@ func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, 
 		return nil, err
 	}
 	rr := fleet.restartReport(hubDown, hubUp)
+	rr.Load1 = loadAverage()
 	if cpu1, err := readCPU(os.Getpid()); err == nil {
 		rr.SimCPUSeconds = (cpu1 - cpu0).Seconds()
 	}

@@ -36,6 +36,20 @@ func readRSS(pid int) (int64, error) {
 	return rss, nil
 }
 
+// loadAverage returns the machine's 1-minute load average from
+// /proc/loadavg (0 when unreadable): how busy the shared machine was.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var l float64
+	if _, err := fmt.Sscan(string(b), &l); err != nil {
+		return 0
+	}
+	return l
+}
+
 // clockTicks is the unit of the CPU times in /proc/PID/stat (USER_HZ,
 // 100 on every Linux architecture Go supports).
 const clockTicks = 100

@@ -38,7 +38,7 @@ func tableCmd(args []string) error {
 	}
 	run := scaleRun{
 		Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(),
-		Go: *goVersion, Commit: *commit,
+		Go: *goVersion, Commit: *commit, Load1: loadAverage(),
 	}
 	if *devicesFile != "" {
 		run.Devices = new(devicesResult)
@@ -72,6 +72,7 @@ type scaleRun struct {
 	Machine string           `json:"machine"`
 	Go      string           `json:"go"`
 	Commit  string           `json:"commit"`
+	Load1   float64          `json:"loadAverage1m"`
 	Devices *devicesResult   `json:"devices,omitempty"`
 	Streams []*streamsResult `json:"streams,omitempty"`
 }
@@ -128,7 +129,7 @@ func verdict(v, target float64) string {
 // writeTable writes the run as Markdown.
 func writeTable(w io.Writer, r scaleRun) {
 	fmt.Fprintf(w, "## dsproxy scale benchmarks\n\n")
-	fmt.Fprintf(w, "- date: %s\n- machine: %s\n- Go: %s\n- commit: %s\n\n", r.Date, r.Machine, r.Go, r.Commit)
+	fmt.Fprintf(w, "- date: %s\n- machine: %s\n- Go: %s\n- commit: %s\n- load average (1 min) at the end: %.1f\n\n", r.Date, r.Machine, r.Go, r.Commit, r.Load1)
 	fmt.Fprintf(w, "Memory per unit is the growth of the process over its baseline before the\n")
 	fmt.Fprintf(w, "row (measured in the same run), divided by the count. Live heap: after a GC.\n\n")
 	fmt.Fprintf(w, "| row | figure | measured | target | |\n| --- | --- | --- | --- | --- |\n")
@@ -153,6 +154,7 @@ func writeTable(w io.Writer, r scaleRun) {
 			fmt.Fprintf(w, "| | old hub exited, new hub started, /healthz answered (from the drop) | %.1f, %.1f, %.1f s | | |\n", rr.HubExitedSeconds, rr.HubStartedSeconds, rr.HubUpSeconds)
 			fmt.Fprintf(w, "| | reconnect p50 / p90 / p99 / max | %.1f / %.1f / %.1f / %.1f s | | |\n", rr.Reconnect.P50, rr.Reconnect.P90, rr.Reconnect.P99, rr.Reconnect.Max)
 			fmt.Fprintf(w, "| | CPU: new hub until all back, simulator over the restart | %.1f s, %.1f s | | |\n", rr.HubCPUSeconds, rr.SimCPUSeconds)
+			fmt.Fprintf(w, "| | machine load average (1 min) when all were back | %.1f | | |\n", rr.Load1)
 			fmt.Fprintf(w, "| | failed attempts (by class) | %d %s | | |\n", rr.FailureTotal, classes(rr.Failures))
 			fmt.Fprintf(w, "| | failed attempts per device p50 / p99 / max | %.0f / %.0f / %.0f | | |\n", rr.Attempts.P50, rr.Attempts.P99, rr.Attempts.Max)
 			fmt.Fprintf(w, "| | devices back per 5 s since the drop | %s | | |\n", histString(rebucket(rr.Histogram, 5), 5))
