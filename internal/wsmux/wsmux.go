@@ -97,15 +97,19 @@ var ErrPeerSilent = errors.New("no keepalive answer")
 
 // Keepalive watches the session mux over nc (from [Conn]) until the
 // session closes: once nothing has arrived from the peer for interval it
-// pings, and a peer silent for interval+timeout is gone: Keepalive closes
-// the session and returns ErrPeerSilent. Anything arriving proves the
-// peer alive, so a pong stuck behind a busy session's data is no death
-// sentence. It returns nil when the session closed otherwise.
+// pings, and when nothing arrives within timeout of the ping either, the
+// peer is gone: Keepalive closes the session and returns ErrPeerSilent.
+// Anything arriving proves the peer alive, so a pong stuck behind a busy
+// session's data is no death sentence. It returns nil when the session
+// closed otherwise.
 func Keepalive(mux *yamux.Session, nc net.Conn, interval, timeout time.Duration) error {
 	c := nc.(*conn)
 	t := time.NewTimer(interval)
 	defer t.Stop()
-	var pong chan struct{} // closed when the last ping is over
+	var (
+		pong   chan struct{} // closed when the last Ping returned
+		pinged time.Time     // when the ping of this silence went out
+	)
 	defer func() {
 		if pong != nil {
 			<-pong
@@ -118,22 +122,30 @@ func Keepalive(mux *yamux.Session, nc net.Conn, interval, timeout time.Duration)
 		case <-t.C:
 		}
 		quiet := c.silentFor()
-		switch {
-		case quiet < interval:
+		if quiet < interval {
 			t.Reset(interval - quiet)
 			continue
-		case quiet >= interval+timeout:
-			mux.Close() // ends a ping in flight
-			return ErrPeerSilent
 		}
-		if pong == nil || isClosed(pong) {
-			pong = make(chan struct{})
-			go func(done chan struct{}) {
-				defer close(done)
-				_, _ = mux.Ping() // its answer is heard like any frame
-			}(pong)
+		if pinged.IsZero() || time.Since(pinged) > quiet {
+			// A new silence: ask for a sign of life (noting the time
+			// first: the answer may beat the next line).
+			pinged = time.Now()
+			if pong == nil || isClosed(pong) {
+				pong = make(chan struct{})
+				go func(done chan struct{}) {
+					defer close(done)
+					_, _ = mux.Ping() // its answer is heard like any frame
+				}(pong)
+			}
+			t.Reset(timeout)
+			continue
 		}
-		t.Reset(interval + timeout - quiet)
+		if since := time.Since(pinged); since < timeout {
+			t.Reset(timeout - since)
+			continue
+		}
+		mux.Close() // ends a ping in flight
+		return ErrPeerSilent
 	}
 }
 
