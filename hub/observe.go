@@ -21,6 +21,12 @@ const (
 	StreamRelaying = "relaying" // both sides connected; the hub relays
 )
 
+// Stream modes in [ActiveStreamJSON]: how the stream is carried.
+const (
+	StreamModeSession   = "session"    // over the service's session and the device's control session
+	StreamModePerStream = "per-stream" // over a WebSocket per side
+)
+
 // ActiveStreamJSON is a stream GET /streams shows: one the device accepted
 // and that has not ended yet.
 type ActiveStreamJSON struct {
@@ -29,6 +35,7 @@ type ActiveStreamJSON struct {
 	Name       string  `json:"name"`
 	Policy     string  `json:"policy"` // the policy that initiated it
 	State      string  `json:"state"`  // StreamWaiting or StreamRelaying
+	Mode       string  `json:"mode"`   // StreamModeSession or StreamModePerStream
 	StartedAt  string  `json:"startedAt"`
 	AgeSeconds float64 `json:"ageSeconds"`
 	BytesUp    int64   `json:"bytesUp"`   // service → device so far
@@ -75,6 +82,7 @@ func (s *Server) activeStreams(now time.Time) []ActiveStreamJSON {
 			Name:       st.name,
 			Policy:     st.policy,
 			State:      state,
+			Mode:       StreamModePerStream,
 			StartedAt:  st.created.UTC().Format(time.RFC3339),
 			AgeSeconds: secondsOf(now.Sub(st.created)),
 			BytesUp:    st.bytesUp.Load(),
@@ -91,6 +99,9 @@ func (s *Server) activeStreams(now time.Time) []ActiveStreamJSON {
 	for st := range s.relays {
 		if !st.closed {
 			add(st, StreamRelaying)
+			if st.inline {
+				out[len(out)-1].Mode = StreamModeSession
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {

@@ -43,8 +43,8 @@ func TestSessionStreamEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(active) != 1 || active[0].DeviceID != "dev1" || active[0].State != hub.StreamRelaying {
-		t.Errorf("active streams %+v, want one relaying to dev1", active)
+	if len(active) != 1 || active[0].DeviceID != "dev1" || active[0].State != hub.StreamRelaying || active[0].Mode != hub.StreamModeSession {
+		t.Errorf("active streams %+v, want one relaying to dev1 over the session", active)
 	}
 	id := active[0].StreamID
 	c.Close()

@@ -23,6 +23,7 @@ type ActiveStream struct {
 	Name      string    `json:"name"`
 	Policy    string    `json:"policy"` // the policy that initiated it
 	State     string    `json:"state"`  // "waiting" (for a side) or "relaying"
+	Mode      string    `json:"mode"`   // "session" or "per-stream"
 	StartedAt time.Time `json:"startedAt"`
 	// Age is how long the stream had run when the hub answered.
 	Age       time.Duration `json:"-"`

@@ -50,6 +50,7 @@ type streamOut struct {
 	Name       string  `json:"name"`
 	Policy     string  `json:"policy"`
 	State      string  `json:"state"`
+	Mode       string  `json:"mode"`
 	StartedAt  string  `json:"startedAt"`
 	AgeSeconds float64 `json:"ageSeconds"`
 	BytesUp    int64   `json:"bytesUp"`
@@ -77,7 +78,7 @@ Example:
 				out := make([]streamOut, len(ss))
 				for i, s := range ss {
 					out[i] = streamOut{
-						StreamID: s.StreamID, DeviceID: s.DeviceID, Name: s.Name, Policy: s.Policy, State: s.State,
+						StreamID: s.StreamID, DeviceID: s.DeviceID, Name: s.Name, Policy: s.Policy, State: s.State, Mode: s.Mode,
 						StartedAt: s.StartedAt.UTC().Format(time.RFC3339), AgeSeconds: s.Age.Seconds(),
 						BytesUp: s.BytesUp, BytesDown: s.BytesDown,
 					}
@@ -85,9 +86,9 @@ Example:
 				return printJSON(c, out)
 			}
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DEVICE\tNAME\tSTATE\tAGE\tUP\tDOWN")
+			fmt.Fprintln(tw, "DEVICE\tNAME\tSTATE\tMODE\tAGE\tUP\tDOWN")
 			for _, s := range ss {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.DeviceID, s.Name, s.State, humanDuration(s.Age), humanBytes(s.BytesUp), humanBytes(s.BytesDown))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.DeviceID, s.Name, s.State, s.Mode, humanDuration(s.Age), humanBytes(s.BytesUp), humanBytes(s.BytesDown))
 			}
 			return tw.Flush()
 		}),

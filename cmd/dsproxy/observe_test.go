@@ -62,7 +62,7 @@ func TestStreamsAndLogs(t *testing.T) {
 		out, _, err = run(t, append([]string{"streams"}, flags...)...)
 		return err == nil && strings.Contains(out, "2.0 KiB")
 	})
-	for _, want := range []string{"DEVICE", "NAME", "STATE", "AGE", "UP", "DOWN", "pi-1", "ssh", "relaying"} {
+	for _, want := range []string{"DEVICE", "NAME", "STATE", "MODE", "AGE", "UP", "DOWN", "pi-1", "ssh", "relaying"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("streams printed %q, lacking %q", out, want)
 		}
