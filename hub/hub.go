@@ -39,6 +39,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -275,6 +276,9 @@ type Server struct {
 	sessions map[string]*session
 	streams  map[string]*stream   // until both sides connected
 	relays   map[*stream]struct{} // from then until the relay ends
+
+	// svcSessions counts the service sessions held (session.go).
+	svcSessions atomic.Int32
 
 	// lim counts streams against the configured limits.
 	lim *limiter

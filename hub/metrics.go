@@ -108,7 +108,7 @@ func newMetrics(s *Server) *metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts(opts("relayed_bytes_total",
 			"Bytes relayed by streams that have ended; up is service to device, down is device to service.")), []string{"direction"}),
 		handshake: prometheus.NewHistogram(hopts("handshake_seconds",
-			"Time from a stream's admission to both of its sides connected to the streaming endpoint.")),
+			"Time from a stream's admission to both of its sides connected to the streaming endpoint, or for a session stream to the device's acceptance.")),
 		initiate: prometheus.NewHistogram(hopts("initiate_seconds",
 			"Time from a stream's admission to the device's answer, or to the failure of the request to the device.")),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts(opts("rejected_requests_total",
@@ -126,6 +126,9 @@ func newMetrics(s *Server) *metrics {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			return len(s.sessions)
+		}),
+		gauge("service_sessions", "Service proxies holding a session, over which they open session streams.", func() int {
+			return int(s.svcSessions.Load())
 		}),
 		gauge("active_streams", "Streams admitted and not yet ended (see Config.MaxStreams).", func() int {
 			s.lim.mu.Lock()

@@ -83,6 +83,8 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	ss := &svcSession{policy: p.policy, token: tok, since: time.Now(), log: log}
 	log.Info().Msg("service session up")
+	s.svcSessions.Add(1)
+	defer s.svcSessions.Add(-1)
 
 	var streams sync.WaitGroup
 	accepting := make(chan struct{})

@@ -172,3 +172,21 @@ func TestSessionStreamOldDevice(t *testing.T) {
 		t.Errorf("read: %v, want a 501 that names per-stream mode", err)
 	}
 }
+
+// TestSessionMetrics: /metrics counts the service sessions held, and a
+// session stream's bytes once it ended.
+func TestSessionMetrics(t *testing.T) {
+	w := dsproxytest.NewHub(t)
+	w.StartDevice(t, "dev1", "echo="+dsproxytest.Echo(t))
+	sc := w.SessionClient(t, w.OwnerConnectionString, nil)
+	c := sessionEcho(t, sc, "dev1")
+	_, m := scrape(t, w)
+	if v := sample(t, m, "dsproxy_hub_service_sessions"); v != 1 {
+		t.Errorf("service_sessions = %v, want 1", v)
+	}
+	c.Close()
+	dsproxytest.Eventually(t, "the stream's bytes in /metrics", func() bool {
+		_, m := scrape(t, w)
+		return m[`dsproxy_hub_relayed_bytes_total{direction="up"}`] == 1 && m[`dsproxy_hub_relayed_bytes_total{direction="down"}`] == 1
+	})
+}
