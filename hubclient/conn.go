@@ -113,6 +113,83 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 }
 
+// copyBufSize is the buffer WriteTo copies a message through: a message of
+// up to this size is written on in one Write.
+const copyBufSize = MaxWriteMessage
+
+// copyBufs holds WriteTo's buffers, taken only while a message is copied.
+var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
+
+// WriteTo copies the stream to w until the peer's half-close or a normal
+// close, which end it with a nil error, or until a failure, reported as
+// Read reports it. Each message of up to 64 KiB reaches w in one Write.
+// Unlike io.Copy through Read, it holds a buffer only while a message is
+// being copied, so a stream that waits for data costs none. It is a Read:
+// it must not run concurrently with Read.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	var total int64
+	for {
+		if c.readEOF {
+			return total, nil
+		}
+		if c.r == nil {
+			typ, r, err := c.ws.Reader(c.ctx)
+			if err != nil {
+				if err = c.readErr(err); err == io.EOF {
+					err = nil
+				}
+				return total, err
+			}
+			if typ != websocket.MessageBinary {
+				c.ws.Close(websocket.StatusUnsupportedData, "only binary messages are allowed")
+				return total, fmt.Errorf("read stream: peer sent a text message")
+			}
+			c.r, c.fresh = r, true
+		}
+		n, err := c.copyMessage(w)
+		total += n
+		if err == io.EOF { // a normal close mid-message
+			err = nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// copyMessage copies the rest of message c.r to w, in one Write when it
+// fits in a buffer. A zero-length message is the peer's half-close.
+func (c *Conn) copyMessage(w io.Writer) (int64, error) {
+	buf := copyBufs.Get().(*[copyBufSize]byte)
+	defer copyBufs.Put(buf)
+	var total int64
+	for {
+		n, err := io.ReadFull(c.r, buf[:])
+		if n > 0 {
+			c.fresh = false
+			m, werr := w.Write(buf[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		switch err {
+		case nil: // a larger message: go on
+			continue
+		case io.EOF, io.ErrUnexpectedEOF:
+			if c.fresh {
+				c.readEOF = true // a zero-length message
+			}
+			c.r = nil
+			return total, nil
+		default:
+			return total, c.readErr(err)
+		}
+	}
+}
+
 // readErr turns the end of the WebSocket into what Read reports.
 func (c *Conn) readErr(err error) error {
 	switch websocket.CloseStatus(err) {

@@ -77,7 +77,7 @@ func Join(ctx context.Context, a, b net.Conn) (Stats, error) {
 
 // half copies src to dst, then half-closes dst.
 func half(dst, src net.Conn, n *atomic.Int64) error {
-	if _, err := io.Copy(&countWriter{w: dst, n: n}, src); err != nil {
+	if err := copyConn(&countWriter{w: dst, n: n}, src); err != nil {
 		return err
 	}
 	if cw, ok := dst.(closeWriter); ok {
@@ -88,6 +88,60 @@ func half(dst, src net.Conn, n *atomic.Int64) error {
 	}
 	// No half-close on dst: closing it is the only way to pass EOF on.
 	return dst.Close()
+}
+
+// copyBufSize is the most a Join reads from a TCP connection at once. A
+// stream sends each read as one message, and fewer, larger messages cost
+// less all along the way (issue 6); io.Copy would read 32 KiB. It is the
+// largest message a stream sends (hubclient.MaxWriteMessage).
+const copyBufSize = 64 << 10
+
+// copyBufs holds copy buffers, taken only while data flows.
+var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
+
+// copyConn copies src to dst until src's EOF. From a TCP connection it
+// reads up to copyBufSize at once, and between bursts it waits for data
+// without holding a buffer, so an idle connection costs none; a source
+// that copies itself (a stream: see hubclient.Conn.WriteTo) does so;
+// anything else goes through io.Copy.
+func copyConn(dst io.Writer, src net.Conn) error {
+	tc, ok := src.(*net.TCPConn)
+	if !ok {
+		_, err := io.Copy(dst, src)
+		return err
+	}
+	for {
+		if err := waitReadable(tc); err != nil {
+			return err
+		}
+		if done, err := copyBurst(dst, tc); done || err != nil {
+			return err
+		}
+	}
+}
+
+// copyBurst copies from src to dst with a pooled buffer until a read
+// comes back short (src has nothing more buffered) or src ends; done
+// reports src's EOF.
+func copyBurst(dst io.Writer, src io.Reader) (done bool, err error) {
+	buf := copyBufs.Get().(*[copyBufSize]byte)
+	defer copyBufs.Put(buf)
+	for {
+		n, rerr := src.Read(buf[:])
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return false, err
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return true, nil
+		case rerr != nil:
+			return false, rerr
+		case n < len(buf):
+			return false, nil
+		}
+	}
 }
 
 // countWriter counts bytes as they are written, so a Join's counts are
