@@ -70,8 +70,8 @@ type restartResult struct {
 	Reconnect summary `json:"reconnect"`
 	Histogram []int   `json:"histogram1s"`
 	// Failures counts failed connection attempts during the storm by
-	// class (refused, throttled, unavailable, timeout, reset, eof, tls,
-	// other); Attempts the distribution of failed attempts per device.
+	// class (refused, throttled, unavailable, timeout, reset, eof, closed,
+	// tls, other); Attempts the distribution of failed attempts per device.
 	Failures     map[string]int `json:"failures"`
 	FailureTotal int            `json:"failureTotal"`
 	Attempts     summary        `json:"failedAttemptsPerDevice"`
@@ -590,6 +590,8 @@ func failureClass(msg string) string {
 		return "timeout"
 	case strings.Contains(msg, "EOF"):
 		return "eof"
+	case strings.Contains(msg, "server closed"):
+		return "closed" // the hub closed the connection before it answered the upgrade
 	case strings.Contains(msg, "tls:"), strings.Contains(msg, "x509:"):
 		return "tls"
 	}

@@ -170,14 +170,15 @@ func TestHistogram(t *testing.T) {
 
 func TestFailureClass(t *testing.T) {
 	for msg, want := range map[string]string{
-		`connect control session: dial tcp 127.0.0.1:1: connect: connection refused`: "refused",
-		`connect control session: the hub is shutting down (503)`:                    "unavailable",
-		`connect control session: too many requests (429)`:                           "throttled",
-		`connect control session: read tcp ...: read: connection reset by peer`:      "reset",
-		`connect control session: context deadline exceeded`:                         "timeout",
-		`control session: no ready message from the hub: i/o timeout`:                "timeout",
-		`connect control session: failed to WebSocket dial: unexpected EOF`:          "eof",
-		`connect control session: tls: failed to verify certificate: x509: expired`:  "tls",
+		`connect control session: dial tcp 127.0.0.1:1: connect: connection refused`:                                                                                  "refused",
+		`connect control session: the hub is shutting down (503)`:                                                                                                     "unavailable",
+		`connect control session: too many requests (429)`:                                                                                                            "throttled",
+		`connect control session: read tcp ...: read: connection reset by peer`:                                                                                       "reset",
+		`connect control session: context deadline exceeded`:                                                                                                          "timeout",
+		`control session: no ready message from the hub: i/o timeout`:                                                                                                 "timeout",
+		`connect control session: failed to WebSocket dial: unexpected EOF`:                                                                                           "eof",
+		`connect control session: tls: failed to verify certificate: x509: expired`:                                                                                   "tls",
+		`connect control session: failed to WebSocket dial: failed to send handshake request: Get "https://h/devices/d/control": http: server closed idle connection`: "closed",
 		`something new`: "other",
 	} {
 		if got := failureClass(msg); got != want {
