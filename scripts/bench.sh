@@ -199,7 +199,10 @@ if [[ -z $PATHS || $PATHS == *dsproxy* ]]; then
 		COMMIT="$COMMIT (DSPROXY_BIN=$DSPROXY_BIN)"
 	fi
 	use_binary
-	if "$BIN" service --help 2>/dev/null | grep -q -- '--mode'; then MODES=1; fi
+	# Not piped into grep -q: with pipefail, grep exiting at the first match
+	# can fail the pipeline with SIGPIPE.
+	svc_help=$("$BIN" service --help 2>&1 || true)
+	if [[ $svc_help == *--mode* ]]; then MODES=1; fi
 elif ! command -v python3 >/dev/null && ! command -v perl >/dev/null; then
 	die "need python3 or perl to find free ports"
 fi
