@@ -441,15 +441,31 @@ func (s *postgresStore) createPolicy(ctx context.Context, p Policy) error {
 	return nil
 }
 
-func (s *postgresStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
+const postgresInsertEvent = `INSERT INTO stream_events
+	(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
+
+func postgresEventArgs(e StreamEvent) []any {
 	e = cleanEvent(e)
-	_, err := s.pool.Exec(ctx, `INSERT INTO stream_events
-		(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-		e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
-		e.BytesUp, e.BytesDown, micros(e.Started), int64(e.Duration))
-	if err != nil {
+	return []any{e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
+		e.BytesUp, e.BytesDown, micros(e.Started), int64(e.Duration)}
+}
+
+func (s *postgresStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
+	if _, err := s.pool.Exec(ctx, postgresInsertEvent, postgresEventArgs(e)...); err != nil {
 		return fmt.Errorf("add stream event %q: %w", e.StreamID, err)
+	}
+	return nil
+}
+
+func (s *postgresStore) AddStreamEvents(ctx context.Context, es []StreamEvent) error {
+	var b pgx.Batch
+	for _, e := range es {
+		b.Queue(postgresInsertEvent, postgresEventArgs(e)...)
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, &b).Close() })
+	if err != nil {
+		return fmt.Errorf("add %d stream events: %w", len(es), err)
 	}
 	return nil
 }

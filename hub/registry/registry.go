@@ -184,6 +184,9 @@ type Store interface {
 
 	// AddStreamEvent appends e to the stream event log.
 	AddStreamEvent(ctx context.Context, e StreamEvent) error
+	// AddStreamEvents appends es to the stream event log in one
+	// transaction: all of them or none.
+	AddStreamEvents(ctx context.Context, es []StreamEvent) error
 	// StreamEvents returns the events matching f, newest first (by
 	// Started, then by ID).
 	StreamEvents(ctx context.Context, f EventFilter) ([]StreamEvent, error)

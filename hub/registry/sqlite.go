@@ -439,15 +439,41 @@ func (s *sqliteStore) createPolicy(ctx context.Context, p Policy) error {
 	return nil
 }
 
-func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
+const sqliteInsertEvent = `INSERT INTO stream_events
+	(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+func sqliteEventArgs(e StreamEvent) []any {
 	e = cleanEvent(e)
-	_, err := s.w.ExecContext(ctx, `INSERT INTO stream_events
-		(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
-		e.BytesUp, e.BytesDown, e.Started.UnixMicro(), int64(e.Duration))
-	if err != nil {
+	return []any{e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
+		e.BytesUp, e.BytesDown, e.Started.UnixMicro(), int64(e.Duration)}
+}
+
+func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
+	if _, err := s.w.ExecContext(ctx, sqliteInsertEvent, sqliteEventArgs(e)...); err != nil {
 		return fmt.Errorf("add stream event %q: %w", e.StreamID, err)
+	}
+	return nil
+}
+
+func (s *sqliteStore) AddStreamEvents(ctx context.Context, es []StreamEvent) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("add %d stream events: %w", len(es), err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, sqliteInsertEvent)
+	if err != nil {
+		return fmt.Errorf("add %d stream events: %w", len(es), err)
+	}
+	defer stmt.Close()
+	for _, e := range es {
+		if _, err := stmt.ExecContext(ctx, sqliteEventArgs(e)...); err != nil {
+			return fmt.Errorf("add stream event %q: %w", e.StreamID, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("add %d stream events: %w", len(es), err)
 	}
 	return nil
 }

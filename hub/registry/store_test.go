@@ -36,6 +36,7 @@ func testStore(t *testing.T, fresh func(t testing.TB) opener) {
 		{"EnsureDefaultPoliciesKeepsExisting", testEnsureDefaultPoliciesKeepsExisting},
 		{"StreamEvents", testStreamEvents},
 		{"StreamEventsDefaultLimit", testStreamEventsDefaultLimit},
+		{"AddStreamEvents", testAddStreamEvents},
 		{"PruneStreamEvents", testPruneStreamEvents},
 		{"ConcurrentCreates", testConcurrentCreates},
 		{"NoKeysInErrors", testNoKeysInErrors},
@@ -525,6 +526,40 @@ func testStreamEvents(t *testing.T, s registry.Store) {
 		if got := streamIDs(es); !slices.Equal(got, tc.want) {
 			t.Errorf("StreamEvents(%+v) = %q, want %q", tc.f, got, tc.want)
 		}
+	}
+}
+
+// testAddStreamEvents: a batch of events lands whole, each as if added on
+// its own, odd text cleaned the same way.
+func testAddStreamEvents(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	base := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
+	var batch []registry.StreamEvent
+	for i := range 300 {
+		batch = append(batch, registry.StreamEvent{
+			StreamID: fmt.Sprintf("s%03d", i), DeviceID: "dev1", Policy: "service", Name: "ssh",
+			Result: "ended", Reason: "bad \xff byte", BytesUp: int64(i), BytesDown: 2 * int64(i),
+			Started: base.Add(time.Duration(i) * time.Second), Duration: time.Duration(i) * time.Millisecond,
+		})
+	}
+	if err := s.AddStreamEvents(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.StreamEvents(ctx, registry.EventFilter{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(batch) {
+		t.Fatalf("%d events stored, want %d", len(got), len(batch))
+	}
+	newest := got[0]
+	want := batch[len(batch)-1]
+	if newest.StreamID != want.StreamID || newest.BytesDown != want.BytesDown || !newest.Started.Equal(want.Started) ||
+		newest.Duration != want.Duration || newest.Reason != "bad \uFFFD byte" {
+		t.Errorf("newest event %+v, want %+v with the bad byte replaced", newest, want)
+	}
+	if err := s.AddStreamEvents(ctx, nil); err != nil {
+		t.Errorf("an empty batch: %v", err)
 	}
 }
 
