@@ -46,7 +46,8 @@
 #                         [--bytes SIZE] [--stall-bytes SIZE] [--stall-pairs N] [--conns N]
 #                         [--iperf3-time SECS] [--clients N] [--parallel-time SECS]
 #                         [--rtt-ms MS] [--rtt-conns N] [--json FILE]
-#   --quick   a smoke run: 1 round and small sizes (options after it still apply)
+#   --quick     a smoke run: 1 round and small sizes (options after it still apply)
+#   --worktree  build the working tree as it is instead of a clean export of HEAD
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
 #   E2E_KEEP=1    keep the work directory (its path is printed)
