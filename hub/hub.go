@@ -18,7 +18,9 @@
 //  4. Both sides dial GET /streams/{id} with "Authorization: Bearer <token>".
 //     The first to arrive waits, reading nothing, until the second arrives or
 //     the handshake deadline passes. Then the hub relays binary messages both
-//     ways, message by message, without buffering them whole. A zero-length
+//     ways, message by message: one of up to 64 KiB is read whole and written
+//     on as one frame, a larger one is copied on as it arrives, so no more
+//     than 64 KiB per direction is ever buffered. A zero-length
 //     message (half-close) is relayed like any other. When either side ends,
 //     the hub closes the other at once, with the same close code when that
 //     code can be sent, and records a stream event.
