@@ -19,7 +19,6 @@ import (
 	"github.com/dsproxy/dsproxy/hub/registry"
 	"github.com/dsproxy/dsproxy/internal/sas"
 	"github.com/dsproxy/dsproxy/internal/wire"
-	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // session is a device's control session: a yamux client over the device's
@@ -184,31 +183,14 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.conns.Done()
 
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		Subprotocols:       []string{wire.ControlSubprotocol},
-		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
-	})
-	if err != nil {
-		s.log.Debug().Err(err).Str(fieldDevice, id).Msg("control upgrade failed")
-		return
-	}
-	// The session outlives this request: its lifetime is the hub's.
+	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
 	ctx, drop := context.WithCancel(s.ctx)
 	defer drop()
-	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
-	// yamux's complaints say why a session broke: at debug.
-	nc := wsmux.Conn(ctx, ws, batcherOf(r))
-	mux, err := yamux.Client(nc, wsmux.Config(yamuxLogger(sessLog)))
-	if err != nil {
-		ws.CloseNow()
+	ws, mux, watched := s.acceptMux(ctx, w, r, wire.ControlSubprotocol, yamux.Client, sessLog)
+	if mux == nil {
 		return
 	}
-	watching := make(chan struct{})
-	go func() {
-		defer close(watching)
-		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
-	}()
-	defer func() { <-watching }()                           // it returns once mux.Close below has run
+	defer watched()
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	c := &session{
 		deviceID: id,

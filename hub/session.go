@@ -56,30 +56,14 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.conns.Done()
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		Subprotocols:       []string{wire.SessionSubprotocol},
-		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
-	})
-	if err != nil {
-		s.log.Debug().Err(err).Msg("session upgrade failed")
-		return
-	}
-	// The session outlives this request: its lifetime is the hub's.
+	log := s.log.With().Str(fieldPolicy, p.policy).Str(fieldRemote, r.RemoteAddr).Logger()
 	ctx, drop := context.WithCancel(s.ctx)
 	defer drop()
-	log := s.log.With().Str(fieldPolicy, p.policy).Str(fieldRemote, r.RemoteAddr).Logger()
-	nc := wsmux.Conn(ctx, ws, batcherOf(r))
-	mux, err := yamux.Server(nc, wsmux.Config(yamuxLogger(log)))
-	if err != nil {
-		ws.CloseNow()
+	ws, mux, watched := s.acceptMux(ctx, w, r, wire.SessionSubprotocol, yamux.Server, log)
+	if mux == nil {
 		return
 	}
-	watching := make(chan struct{})
-	go func() {
-		defer close(watching)
-		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
-	}()
-	defer func() { <-watching }()                           // it returns once mux.Close below has run
+	defer watched()
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	ss := &svcSession{policy: p.policy, token: tok, since: time.Now(), log: log}
 	log.Info().Msg("service session up")
@@ -137,6 +121,38 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	<-accepting
 	streams.Wait()
 	log.Info().Msg("service session ended")
+}
+
+// acceptMux upgrades r to a WebSocket with subprotocol and runs a yamux
+// session over it (newMux is yamux.Client or yamux.Server), watched by
+// wsmux.Keepalive, for as long as ctx: the session outlives the request,
+// ctx is the caller's share of the hub's lifetime. It returns nil
+// connections when the upgrade failed. The caller must close mux, then
+// call watched, which waits for the keepalive watch.
+func (s *Server) acceptMux(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
+	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), log zerolog.Logger,
+) (ws *websocket.Conn, mux *yamux.Session, watched func()) {
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:       []string{subprotocol},
+		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
+	})
+	if err != nil {
+		log.Debug().Err(err).Msg("session upgrade failed")
+		return nil, nil, nil
+	}
+	nc := wsmux.Conn(ctx, ws, batcherOf(r))
+	// yamux's complaints say why a session broke: at debug.
+	mux, err = newMux(nc, wsmux.Config(yamuxLogger(log)))
+	if err != nil {
+		ws.CloseNow()
+		return nil, nil, nil
+	}
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
+	}()
+	return ws, mux, func() { <-watching }
 }
 
 // serveSessionStream runs one stream of a service session: it reads the

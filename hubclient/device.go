@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -226,30 +225,9 @@ func (c *DeviceClient) setConnected(up bool) {
 func (c *DeviceClient) Run(ctx context.Context) error {
 	var handlers sync.WaitGroup
 	defer handlers.Wait()
-	backoff := c.cfg.MinBackoff
-	for {
-		start := time.Now()
-		err := c.session(ctx, &handlers)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrForbidden) {
-			return err
-		}
-		if time.Since(start) > c.cfg.MaxBackoff {
-			backoff = c.cfg.MinBackoff // the session was up a while: start over
-		}
-		// Full jitter on the upper half: spreads a fleet's reconnects
-		// after a hub restart.
-		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn().Err(err).Stringer("retry_in", wait.Round(time.Millisecond)).Msg("control session down")
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-		backoff = min(backoff*2, c.cfg.MaxBackoff)
-	}
+	return redial(ctx, c.cfg.MinBackoff, c.cfg.MaxBackoff, c.log, "control session down", func(ctx context.Context) error {
+		return c.session(ctx, &handlers)
+	})
 }
 
 // session dials the hub, serves stream requests until the session ends,

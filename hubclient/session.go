@@ -106,40 +106,55 @@ func (c *SessionClient) set(s *clientSession, err error) {
 // (ErrUnauthorized, ErrForbidden), and returns after closing the session.
 func (c *SessionClient) Run(ctx context.Context) error {
 	defer c.set(nil, net.ErrClosed)
-	backoff := c.cfg.MinBackoff
+	return redial(ctx, c.cfg.MinBackoff, c.cfg.MaxBackoff, c.log, "session down", func(ctx context.Context) error {
+		s, err := c.dial(ctx)
+		if err != nil {
+			c.set(nil, err)
+			return err
+		}
+		c.set(s, nil)
+		c.log.Info().Str("hub", c.cs.HostName).Msg("session up")
+		select {
+		case <-s.mux.CloseChan():
+			err = fmt.Errorf("%w: %v", ErrSessionLost, sessionEnd(s.mux))
+		case <-ctx.Done():
+		}
+		c.set(nil, err)
+		s.close()
+		return err
+	})
+}
+
+// redial runs session until ctx ends, again each time it returns, waiting
+// between runs with exponential backoff from minB to maxB and jitter (the
+// wait starts over after a run that lasted longer than maxB), and logs
+// each failure as down. It returns nil when ctx ends, and the error when
+// the hub refuses the credential (ErrUnauthorized, ErrForbidden), which
+// retrying cannot fix.
+func redial(ctx context.Context, minB, maxB time.Duration, log zerolog.Logger, down string, session func(context.Context) error) error {
+	backoff := minB
 	for {
 		start := time.Now()
-		s, err := c.dial(ctx)
-		if err == nil {
-			c.set(s, nil)
-			c.log.Info().Str("hub", c.cs.HostName).Msg("session up")
-			select {
-			case <-s.mux.CloseChan():
-				err = fmt.Errorf("%w: %v", ErrSessionLost, sessionEnd(s.mux))
-			case <-ctx.Done():
-			}
-			c.set(nil, err)
-			s.close()
-		} else {
-			c.set(nil, err)
-		}
+		err := session(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrForbidden) {
 			return err
 		}
-		if time.Since(start) > c.cfg.MaxBackoff {
-			backoff = c.cfg.MinBackoff // the session was up a while: start over
+		if time.Since(start) > maxB {
+			backoff = minB // the session was up a while: start over
 		}
+		// Full jitter on the upper half: spreads a fleet's reconnects
+		// after a hub restart.
 		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn().Err(err).Stringer("retry_in", wait.Round(time.Millisecond)).Msg("session down")
+		log.Warn().Err(err).Stringer("retry_in", wait.Round(time.Millisecond)).Msg(down)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, c.cfg.MaxBackoff)
+		backoff = min(backoff*2, maxB)
 	}
 }
 
