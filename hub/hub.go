@@ -281,6 +281,8 @@ type Server struct {
 
 	// svcSessions counts the service sessions held (session.go).
 	svcSessions atomic.Int32
+	// events writes stream events to the registry (eventlog.go).
+	events *eventLog
 
 	// lim counts streams against the configured limits.
 	lim *limiter
@@ -317,6 +319,7 @@ func New(cfg Config, ln net.Listener) (*Server, error) {
 		}
 		return nil, err
 	}
+	s.events = newEventLog(s.reg, s.log)
 	return s, nil
 }
 
@@ -559,6 +562,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.shutdown()
 		s.ln.Close()
+		s.events.close() // before the registry closes
 		if s.ownsReg {
 			s.closeErr = s.reg.Close()
 		}

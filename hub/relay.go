@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,6 +85,13 @@ wait:
 	for {
 		select {
 		case first = <-ends:
+			if errors.Is(first.err, net.ErrClosed) {
+				// A write found a side's connection closed under it: the
+				// library closes it once that side's close frame has
+				// been read, and the other pump, its reader, is about
+				// to report the close frame, which says how it ended.
+				first = whyClosed(first, ends)
+			}
 			break wait
 		case first = <-st.stop:
 			break wait
@@ -137,6 +145,21 @@ wait:
 	default:
 		return outcome(first, why)
 	}
+}
+
+// whyClosed returns the other pump's end instead of first when it arrives
+// soon and carries a close frame.
+func whyClosed(first end, ends <-chan end) end {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case second := <-ends:
+		if websocket.CloseStatus(second.err) != -1 {
+			return second
+		}
+	case <-t.C:
+	}
+	return first
 }
 
 // pump copies messages from src to dst until either fails. It reports

@@ -390,11 +390,7 @@ func (s *Server) recordEvent(st *stream, result, reason string) {
 
 func (s *Server) addEvent(e registry.StreamEvent) {
 	s.metrics.streamEvent(e)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := s.reg.AddStreamEvent(ctx, e); err != nil {
-		s.log.Warn().Err(err).Msg("stream event not recorded")
-	}
+	s.events.add(e)
 }
 
 // bearer returns the token of an "Authorization: Bearer" header.
