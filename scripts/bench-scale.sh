@@ -34,6 +34,7 @@
 #                               [--only devices|streams] [--no-restart]
 #                               [--modes session,per-stream]
 #                               [--worktree] [--profile] [--gc-wait DURATION]
+#                               [--min-backoff DURATION]
 #                               [--json FILE]
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
@@ -57,6 +58,7 @@ ONLY=
 RESTART=1
 WORKTREE=
 PROFILE=
+MIN_BACKOFF=
 JSON_OUT=bench-scale-results.json
 
 usage() {
@@ -74,6 +76,7 @@ while (($# > 0)); do
 	--worktree) WORKTREE=1; shift ;;
 	--profile) PROFILE=1; shift ;;
 	--gc-wait) GC_WAIT=${2:?}; shift 2 ;;
+	--min-backoff) MIN_BACKOFF=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	-h | --help) usage ;;
 	*) printf 'bench-scale: unknown argument %q\n' "$1" >&2; usage ;;
@@ -184,6 +187,7 @@ if want_row devices; then
 	ARGS=(devices --hub-cs "$HUB_DIR/iothubowner.connection-string" --ca-file "$HUB_DIR/tls/ca.pem"
 		--n "$DEVICES" --hub-pid-file "$WORK/hub.pid" --gc-wait "$GC_WAIT")
 	[[ -z $PROFILE ]] || ARGS+=(--hub-data-dir "$HUB_DIR" --profile-dir "$PROFILE_DIR")
+	[[ -z $MIN_BACKOFF ]] || ARGS+=(--min-backoff "$MIN_BACKOFF")
 	if [[ -n $RESTART ]]; then
 		ARGS+=(--restart --ready-file "$WORK/ready" --hub-exited-file "$WORK/hub-exited" --hub-started-file "$WORK/hub-started")
 	fi

@@ -28,8 +28,10 @@ import (
 
 // devicesResult is what scaletool devices prints.
 type devicesResult struct {
-	Row        string `json:"row"` // "devices"
-	N          int    `json:"n"`
+	Row string `json:"row"` // "devices"
+	N   int    `json:"n"`
+	// MinBackoff is the devices' MinBackoff when not the client's default.
+	MinBackoff string `json:"minBackoff,omitempty"`
 	FileLimit  uint64 `json:"fileLimit"`
 	Registered struct {
 		Reused  int     `json:"reused"`
@@ -108,6 +110,7 @@ func devicesCmd(ctx context.Context, args []string) error {
 	startedFile := fs.String("hub-started-file", "", "`FILE` where the script writes when it started the new hub (Unix nanoseconds)")
 	hubDataDir := fs.String("hub-data-dir", "", "`DIR`: the hub's data directory, where scaletool hub leaves its pprof address")
 	profileDir := fs.String("profile-dir", "", "`DIR` to save the hub's heap profiles and goroutines in (scaletool hub only)")
+	minBackoff := fs.Duration("min-backoff", 0, "the devices' MinBackoff (0: the client's default, 500 ms): the first reconnect waits a random time in its upper half")
 	keepalive := fs.Duration("keepalive", 15*time.Second, "the devices' keepalive interval (the default of dsproxy device)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -133,6 +136,9 @@ func devicesCmd(ctx context.Context, args []string) error {
 
 	var res devicesResult
 	res.Row, res.N = "devices", *n
+	if *minBackoff > 0 {
+		res.MinBackoff = minBackoff.String()
+	}
 	lim, err := raiseFileLimit()
 	if err != nil {
 		return err
@@ -200,6 +206,7 @@ func devicesCmd(ctx context.Context, args []string) error {
 			ConnectionString:  c,
 			TLSConfig:         tlsCfg,
 			KeepAliveInterval: *keepalive,
+			MinBackoff:        *minBackoff,
 			Logger:            zerolog.New(fleet.logWriter(i)).Level(zerolog.InfoLevel),
 		}, rejectAll)
 		if err != nil {

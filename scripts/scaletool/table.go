@@ -135,6 +135,9 @@ func writeTable(w io.Writer, r scaleRun) {
 	fmt.Fprintf(w, "| row | figure | measured | target | |\n| --- | --- | --- | --- | --- |\n")
 	if d := r.Devices; d != nil {
 		row := fmt.Sprintf("%d idle devices", d.N)
+		if d.MinBackoff != "" {
+			row += ", MinBackoff " + d.MinBackoff
+		}
 		fmt.Fprintf(w, "| %s | hub RSS per device | %s | ≤ %s | %s |\n", row, kib(d.Hub.PerDevice.RSS), kib(targetDeviceBytes), verdict(d.Hub.PerDevice.RSS, targetDeviceBytes))
 		fmt.Fprintf(w, "| | hub Go live heap per device | %s | | |\n", kib(d.Hub.PerDevice.HeapLive))
 		fmt.Fprintf(w, "| | hub goroutine stacks per device | %s | | |\n", kib(d.Hub.PerDevice.StackInuse))
