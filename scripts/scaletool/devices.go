@@ -124,8 +124,8 @@ func devicesCmd(ctx context.Context, args []string) error {
 		return errors.New("--hub-pid or --hub-pid-file is required")
 	case *restart && *readyFile == "":
 		return errors.New("--restart needs --ready-file")
-	case *rate <= 0 || *workers <= 0:
-		return errors.New("--connect-rate and --workers must be positive")
+	case *rate <= 0 || *rate > 1_000_000 || *workers <= 0:
+		return errors.New("--connect-rate must be in 1..1000000 and --workers positive")
 	}
 	pidOf := func() (int, error) {
 		if *hubPIDFile == "" {
