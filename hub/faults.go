@@ -287,6 +287,7 @@ func (a *activity) total() int64 { return a.sent[0].Load() + a.sent[1].Load() }
 // between checks.
 type liveness struct {
 	proven [2]int64 // act.sent of each side as of its last pong
+	seen   int64    // act.total() at the last check
 }
 
 // checkLive checks once that the two sides of a relayed stream are alive,
@@ -298,7 +299,8 @@ type liveness struct {
 // move only as fast as the slower side takes them: backpressure, not
 // death. So no ping is sent while a relay write is in progress, and a ping
 // that timed out is forgiven when a relay write is in progress or the
-// relay moved anything meanwhile. What the check catches is a side that
+// relay moved anything meanwhile; a stream that moved anything since the
+// last check is not pinged at all. What the check catches is a side that
 // answers nothing while the stream stands still and that has read all it
 // was sent: a pong proves the side read everything written to it before
 // the ping, so a side sent data since its last pong may just be a reader
@@ -308,7 +310,14 @@ type liveness struct {
 // control session instead, and a lost network by TCP's retransmission
 // limit on the unacknowledged data.)
 func (s *Server) checkLive(ctx context.Context, conns [2]*websocket.Conn, act *activity, lv *liveness) (end, bool) {
-	if act.busy.Load() > 0 {
+	// A stream that moved anything since the last check is not still, and
+	// a ping could find its peer's writer stuck behind backpressure: the
+	// WebSocket library fails a read whose pong it cannot write within
+	// seconds. Ping only a stream that stood still for a whole interval.
+	total := act.total()
+	still := total == lv.seen
+	lv.seen = total
+	if !still || act.busy.Load() > 0 {
 		return end{}, false
 	}
 	var errs [2]error
