@@ -114,14 +114,15 @@ func TestStalledSessionStream(t *testing.T) {
 	startDevice(t, w, w.AddDevice(t, "pusher"), acc.handle)
 	sc := w.SessionClient(t, w.OwnerConnectionString, nil)
 
-	// The stalled stream: the device pushes 16 MiB, far more than the
-	// windows and buffers on the way, and the service reads none of it yet.
+	// The stalled stream: the device pushes 48 MiB, far more than the
+	// windows (4 MiB each way) and socket buffers on the way, and the
+	// service reads none of it yet.
 	stalled, err := openVia(t, sc, "pusher", "s")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dev := acc.next(t)
-	const pushed = 16 << 20
+	const pushed = 48 << 20
 	payload := make([]byte, pushed)
 	rand.Read(payload)
 	pushDone := make(chan error, 1)
@@ -135,7 +136,7 @@ func TestStalledSessionStream(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	select {
 	case err := <-pushDone:
-		t.Fatalf("the device wrote 16 MiB to a reader that reads nothing (%v): where did it go?", err)
+		t.Fatalf("the device wrote 48 MiB to a reader that reads nothing (%v): where did it go?", err)
 	default:
 	}
 
@@ -157,7 +158,7 @@ func TestStalledSessionStream(t *testing.T) {
 
 	got, err = io.ReadAll(stalled)
 	if err != nil || !bytes.Equal(got, payload) {
-		t.Fatalf("stalled stream: %d bytes, %v; want all 16 MiB once read", len(got), err)
+		t.Fatalf("stalled stream: %d bytes, %v; want all 48 MiB once read", len(got), err)
 	}
 	if err := <-pushDone; err != nil {
 		t.Fatal(err)

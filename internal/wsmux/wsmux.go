@@ -25,8 +25,8 @@ import (
 // WindowSize is the most a session stream may have in flight towards a
 // reader that has not read it, on either end: it bounds the memory a
 // stalled reader pins (per stream) and the throughput of one stream over
-// a long round trip (WindowSize per RTT: 1 MiB per 50 ms is 20 MiB/s).
-const WindowSize = 1 << 20
+// a long round trip (WindowSize per RTT: 4 MiB per 50 ms is 80 MiB/s).
+const WindowSize = 4 << 20
 
 // frameTimeout is how long a frame may wait to be written before its
 // write fails. A busy session queues data frames of many streams; a
