@@ -23,6 +23,7 @@ package batch
 import (
 	"net"
 	"sync"
+	"time"
 )
 
 // MaxQueued is how many bytes a [Conn] keeps at most: a message of 64 KiB,
@@ -157,6 +158,30 @@ func (c *Conn) drainLocked(force bool) {
 	}
 	c.flushing = false
 	c.drained.Broadcast()
+}
+
+// closeFlush bounds how long Close tries to send what is queued.
+const closeFlush = 500 * time.Millisecond
+
+// Close sends what is queued, waiting for a write in progress, then closes
+// the wrapped connection. A WebSocket's close reply is often queued behind
+// a message (or inside a hold that will never be released once the
+// connection closes); without this it would be lost and the peer's close
+// handshake would fail. The flush is bounded by closeFlush (a write
+// deadline on the wrapped connection), so a peer that reads nothing
+// cannot hold Close up.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.err == nil && (c.flushing || c.buf != nil) {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlush))
+		for c.flushing {
+			c.drained.Wait()
+		}
+		c.drainLocked(true)
+	}
+	c.fail(net.ErrClosed)
+	c.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // fail records the first write error.

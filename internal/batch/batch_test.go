@@ -52,6 +52,12 @@ func (r *recorder) Close() error {
 	return nil
 }
 
+// SetWriteDeadline makes a write blocked at the gate give up at t.
+func (r *recorder) SetWriteDeadline(t time.Time) error {
+	time.AfterFunc(time.Until(t), func() { r.Close() })
+	return nil
+}
+
 func (r *recorder) got() [][]byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -264,5 +270,41 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5 s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestCloseSendsWhatIsQueued: a write queued inside a hold that nobody
+// will release (a WebSocket's close reply behind a message) still goes out
+// when the connection closes, before the close.
+func TestCloseSendsWhatIsQueued(t *testing.T) {
+	r := newRecorder()
+	c := batch.New(r)
+	c.Hold()
+	c.Write([]byte("part of a message"))
+	c.Write([]byte("close reply"))
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(r.all()); got != "part of a messageclose reply" {
+		t.Fatalf("sent %q before the close, want the held bytes and the reply", got)
+	}
+	if _, err := c.Write([]byte("late")); err == nil {
+		t.Error("a write after Close succeeded")
+	}
+}
+
+// TestCloseIsBounded: a peer that reads nothing holds Close up for a
+// moment at most.
+func TestCloseIsBounded(t *testing.T) {
+	r := newRecorder()
+	r.gate = make(chan struct{}) // never opened: the peer reads nothing
+	c := batch.New(r)
+	go c.Write([]byte("stuck")) // becomes the flush and blocks
+	waitFor(t, func() bool { return c.Flushing() })
+	c.Write([]byte("queued"))
+	start := time.Now()
+	c.Close()
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("Close took %s with a peer that reads nothing", el)
 	}
 }
