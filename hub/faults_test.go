@@ -635,8 +635,12 @@ func TestSilentDevice(t *testing.T) {
 	if limit := window + 2*time.Second; unavailable > limit || streamGone > limit || deviceNoticed > limit {
 		t.Errorf("noticed after %s, %s and %s; want within %s", unavailable, streamGone, deviceNoticed, limit)
 	}
+	// The device, whose keepalive window is the same, may give up first
+	// and abort the stream itself: lost either way.
 	ev := lastEvent(t, w.Server.Registry(), "dev1", func(e registry.StreamEvent) bool { return e.Result == "lost" })
-	checkEvent(t, ev, "lost", "device control session lost")
+	if !strings.Contains(ev.Reason, "device control session lost") && !strings.Contains(ev.Reason, "peer connection lost") {
+		t.Errorf("stream event %q %q, want lost because the device's session was lost", ev.Result, ev.Reason)
+	}
 
 	f.Thaw()
 	within(t, "the device to reconnect", func() bool { return connected(d) })
