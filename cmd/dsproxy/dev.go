@@ -128,7 +128,7 @@ func runDev(c *cli.Context) error {
 			},
 		})
 	})
-	opener, stopSession, err := startOpener(ctx, cancel, c.String("mode"), sc)
+	opener, stopSession, err := startOpener(ctx, cancel, c.String("mode"), sc, sc.Session)
 	if err != nil {
 		return err
 	}

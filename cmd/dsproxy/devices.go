@@ -149,21 +149,27 @@ func oneArg(c *cli.Context, what string) (string, error) {
 }
 
 func newServiceClient(c *cli.Context) (*hubclient.ServiceClient, error) {
-	log, err := newLogger(c)
+	cfg, err := serviceConfig(c)
 	if err != nil {
 		return nil, err
+	}
+	return hubclient.NewServiceClient(cfg)
+}
+
+// serviceConfig is the configuration of the service clients of c: its
+// credential, the hub's CA and the logger.
+func serviceConfig(c *cli.Context) (hubclient.ServiceConfig, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return hubclient.ServiceConfig{}, err
 	}
 	cs, err := connectionString(c, log)
 	if err != nil {
-		return nil, err
+		return hubclient.ServiceConfig{}, err
 	}
 	tlsCfg, err := clientTLS(c, log)
 	if err != nil {
-		return nil, err
+		return hubclient.ServiceConfig{}, err
 	}
-	return hubclient.NewServiceClient(hubclient.ServiceConfig{
-		ConnectionString: cs,
-		TLSConfig:        tlsCfg,
-		Logger:           log,
-	})
+	return hubclient.ServiceConfig{ConnectionString: cs, TLSConfig: tlsCfg, Logger: log}, nil
 }

@@ -81,7 +81,21 @@ func runService(c *cli.Context) error {
 	deviceID := c.String("device-id")
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
-	opener, stopSession, err := startOpener(ctx, cancel, c.String("mode"), sc)
+	newSession := sc.Session
+	if c.Bool("stdio") {
+		// A session that cannot be made fails the stream, whose error
+		// is the one line ssh shows: the session's own retry warnings
+		// would only repeat it.
+		newSession = func() (*hubclient.SessionClient, error) {
+			cfg, err := serviceConfig(c)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Logger = cfg.Logger.Level(zerolog.ErrorLevel)
+			return hubclient.NewSessionClient(cfg)
+		}
+	}
+	opener, stopSession, err := startOpener(ctx, cancel, c.String("mode"), sc, newSession)
 	if err != nil {
 		return err
 	}
@@ -139,10 +153,12 @@ func modeFlag() cli.Flag {
 }
 
 // startOpener returns what opens the streams of mode: sc itself, or a
-// session client whose session it holds until ctx ends; then stop, which
-// is idempotent, ends it and returns why it ended early. A session that
-// ends early (the hub refused the credential) cancels ctx.
-func startOpener(ctx context.Context, cancel context.CancelFunc, mode string, sc *hubclient.ServiceClient) (o tunnel.Opener, stop func() error, err error) {
+// session client from newSession whose session it holds until ctx ends;
+// then stop, which is idempotent, ends it and returns why it ended early.
+// A session that ends early (the hub refused the credential) cancels ctx.
+func startOpener(ctx context.Context, cancel context.CancelFunc, mode string, sc *hubclient.ServiceClient,
+	newSession func() (*hubclient.SessionClient, error),
+) (o tunnel.Opener, stop func() error, err error) {
 	switch mode {
 	case modePerStream:
 		return sc, func() error { return nil }, nil
@@ -150,7 +166,7 @@ func startOpener(ctx context.Context, cancel context.CancelFunc, mode string, sc
 	default:
 		return nil, nil, fmt.Errorf("--mode %q: want %s or %s", mode, modeSession, modePerStream)
 	}
-	sess, err := sc.Session()
+	sess, err := newSession()
 	if err != nil {
 		return nil, nil, err
 	}
