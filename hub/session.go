@@ -395,15 +395,15 @@ func (sp *splice) pump(from side) end {
 			}
 			return end{from: from, err: websocket.CloseError{Code: websocket.StatusCode(code), Reason: reason}}
 		}
-		bp := framePool.Get().(*[]byte)
+		bp := wire.FrameBuffer()
 		frame := (*bp)[:wire.FrameHeaderSize+n]
 		copy(frame, h[:])
 		if _, err := io.ReadFull(src, frame[wire.FrameHeaderSize:]); err != nil {
-			framePool.Put(bp)
+			wire.PutFrameBuffer(bp)
 			return end{from: from, err: unframed(err)}
 		}
 		err = sp.send(to, frame)
-		framePool.Put(bp)
+		wire.PutFrameBuffer(bp)
 		if err != nil {
 			return end{from: to, err: unframed(err)}
 		}
@@ -434,10 +434,3 @@ func unframed(err error) error {
 	}
 	return err
 }
-
-// framePool holds frame buffers (header and the largest payload) while a
-// frame is copied, so an idle stream holds none.
-var framePool = sync.Pool{New: func() any {
-	b := make([]byte, wire.FrameHeaderSize+wire.MaxFramePayload)
-	return &b
-}}

@@ -12,12 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/dsproxy/dsproxy/internal/wire"
-	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // DeviceConfig configures a [DeviceClient].
@@ -167,21 +165,7 @@ func NewDeviceClient(cfg DeviceConfig, h StreamHandler) (*DeviceClient, error) {
 	if !b.cs.IsDevice() {
 		return nil, errors.New("connection string: a device needs its own connection string (DeviceId=...), not a policy's")
 	}
-	if cfg.KeepAliveInterval <= 0 {
-		cfg.KeepAliveInterval = 15 * time.Second
-	}
-	if cfg.ConnectionWriteTimeout <= 0 {
-		cfg.ConnectionWriteTimeout = 10 * time.Second
-	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 500 * time.Millisecond
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 30 * time.Second
-	}
-	if cfg.MaxBackoff < cfg.MinBackoff {
-		cfg.MaxBackoff = cfg.MinBackoff
-	}
+	sessionDefaults(&cfg.KeepAliveInterval, &cfg.ConnectionWriteTimeout, &cfg.MinBackoff, &cfg.MaxBackoff)
 	return &DeviceClient{
 		base:      b,
 		cfg:       cfg,
@@ -233,28 +217,10 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 // session dials the hub, serves stream requests until the session ends,
 // and returns why it ended.
 func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) error {
-	auth, err := c.authorization()
+	ws, layers, err := c.dialMux(ctx, "/devices/"+pathEscape(c.cs.DeviceID)+"/control?api-version=2020-09-30",
+		wire.ControlSubprotocol, http.Header{wire.HeaderFeatures: {wire.FeatureInline}}, "control session")
 	if err != nil {
 		return err
-	}
-	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	// Its own transport, as a stream's: session streams carry data on it.
-	tr, layers := streamTransport(c.http.Transport.(*http.Transport))
-	ws, resp, err := websocket.Dial(dialCtx, c.url("wss", "/devices/"+pathEscape(c.cs.DeviceID)+"/control?api-version=2020-09-30"), &websocket.DialOptions{
-		HTTPClient:   &http.Client{Transport: tr},
-		HTTPHeader:   http.Header{"Authorization": {auth}, wire.HeaderFeatures: {wire.FeatureInline}},
-		Subprotocols: []string{wire.ControlSubprotocol},
-	})
-	cancel()
-	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return hubError("connect control session", resp)
-		}
-		return fmt.Errorf("connect control session: %w", err)
-	}
-	if ws.Subprotocol() != wire.ControlSubprotocol {
-		ws.Close(websocket.StatusProtocolError, "subprotocol "+wire.ControlSubprotocol+" required")
-		return errors.New("connect control session: hub did not agree on " + wire.ControlSubprotocol)
 	}
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -278,19 +244,12 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 		}
 		release()
 	}()
-	nc := wsmux.Conn(sctx, ws, gatherer{layers})
 	addrs := [2]net.Addr{layers.local, layers.remote}
-	mux, err := yamux.Server(nc, wsmux.Config(nil))
+	mux, watched, err := runMux(sctx, ws, layers, yamux.Server, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
 	if err != nil {
-		ws.CloseNow()
 		return fmt.Errorf("control session: %w", err)
 	}
-	watching := make(chan struct{})
-	go func() {
-		defer close(watching)
-		_ = wsmux.Keepalive(mux, nc, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
-	}()
-	defer func() { <-watching }()
+	defer watched()
 	defer mux.Close()
 	stopOnCancel := context.AfterFunc(ctx, func() { mux.Close() })
 	defer stopOnCancel()

@@ -64,6 +64,15 @@ type ServiceClient struct {
 // NewServiceClient checks cfg and returns a client. It does not contact the
 // hub.
 func NewServiceClient(cfg ServiceConfig) (*ServiceClient, error) {
+	b, err := newServiceBase(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &ServiceClient{base: b, cfg: cfg, log: cfg.Logger}, nil
+}
+
+// newServiceBase is the base of a client with a policy's credential.
+func newServiceBase(cfg ServiceConfig) (*base, error) {
 	b, err := newBase(cfg.ConnectionString, cfg.TLSConfig, cfg.TokenTTL)
 	if err != nil {
 		return nil, err
@@ -71,7 +80,7 @@ func NewServiceClient(cfg ServiceConfig) (*ServiceClient, error) {
 	if b.cs.IsDevice() {
 		return nil, errors.New("connection string: a service needs a policy connection string (SharedAccessKeyName=...), not a device's")
 	}
-	return &ServiceClient{base: b, cfg: cfg, log: cfg.Logger}, nil
+	return b, nil
 }
 
 // HostName is the hub address from the connection string.

@@ -15,7 +15,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dsproxy/dsproxy/internal/wire"
-	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // SessionClient opens streams over one session it holds to the hub (the
@@ -47,7 +46,7 @@ type clientSession struct {
 	local  net.Addr
 	remote net.Addr
 
-	watching chan struct{} // closed when the keepalive watch is over
+	watched func() // waits for the keepalive watch, once mux is closed
 }
 
 // close ends the session and waits for its keepalive watch.
@@ -55,32 +54,17 @@ func (s *clientSession) close() {
 	s.mux.Close()
 	s.ws.Close(websocket.StatusNormalClosure, "")
 	s.cancel()
-	<-s.watching
+	s.watched()
 }
 
 // NewSessionClient checks cfg and returns a client. It does not contact
 // the hub; Run does.
 func NewSessionClient(cfg ServiceConfig) (*SessionClient, error) {
-	b, err := newBase(cfg.ConnectionString, cfg.TLSConfig, cfg.TokenTTL)
+	b, err := newServiceBase(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if b.cs.IsDevice() {
-		return nil, errors.New("connection string: a service needs a policy connection string (SharedAccessKeyName=...), not a device's")
-	}
-	if cfg.KeepAliveInterval <= 0 {
-		cfg.KeepAliveInterval = 15 * time.Second
-	}
-	if cfg.ConnectionWriteTimeout <= 0 {
-		cfg.ConnectionWriteTimeout = 10 * time.Second
-	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 500 * time.Millisecond
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 30 * time.Second
-	}
-	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	sessionDefaults(&cfg.KeepAliveInterval, &cfg.ConnectionWriteTimeout, &cfg.MinBackoff, &cfg.MaxBackoff)
 	return &SessionClient{base: b, cfg: cfg, log: cfg.Logger, changed: make(chan struct{})}, nil
 }
 
@@ -158,13 +142,6 @@ func redial(ctx context.Context, minB, maxB time.Duration, log zerolog.Logger, d
 	}
 }
 
-// gatherer lets wsmux gather a session's messages through a stream's
-// layers.
-type gatherer struct{ l *streamLayers }
-
-func (g gatherer) Hold()          { g.l.hold() }
-func (g gatherer) Release() error { return g.l.release() }
-
 // sessionEnd says why a closed yamux session ended.
 func sessionEnd(mux *yamux.Session) error {
 	if _, err := mux.AcceptStream(); err != nil {
@@ -175,42 +152,17 @@ func sessionEnd(mux *yamux.Session) error {
 
 // dial connects a session.
 func (c *SessionClient) dial(ctx context.Context) (*clientSession, error) {
-	auth, err := c.authorization()
+	ws, layers, err := c.dialMux(ctx, "/service/session?api-version=2020-09-30", wire.SessionSubprotocol, nil, "session")
 	if err != nil {
 		return nil, err
 	}
-	tr, layers := streamTransport(c.http.Transport.(*http.Transport))
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	ws, resp, err := websocket.Dial(dctx, c.url("wss", "/service/session?api-version=2020-09-30"), &websocket.DialOptions{
-		HTTPClient:   &http.Client{Transport: tr},
-		HTTPHeader:   http.Header{"Authorization": {auth}},
-		Subprotocols: []string{wire.SessionSubprotocol},
-	})
-	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, hubError("connect session", resp)
-		}
-		return nil, fmt.Errorf("connect session: %w", err)
-	}
-	if ws.Subprotocol() != wire.SessionSubprotocol {
-		ws.Close(websocket.StatusProtocolError, "subprotocol "+wire.SessionSubprotocol+" required")
-		return nil, errors.New("connect session: hub did not agree on " + wire.SessionSubprotocol + ": is it older than this client?")
-	}
 	sctx, stop := context.WithCancel(context.Background()) // the session's lifetime, until close
-	nc := wsmux.Conn(sctx, ws, gatherer{layers})
-	mux, err := yamux.Client(nc, wsmux.Config(nil))
+	mux, watched, err := runMux(sctx, ws, layers, yamux.Client, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
 	if err != nil {
 		stop()
-		ws.CloseNow()
 		return nil, fmt.Errorf("session: %w", err)
 	}
-	s := &clientSession{mux: mux, ws: ws, cancel: stop, local: layers.local, remote: layers.remote, watching: make(chan struct{})}
-	go func() {
-		defer close(s.watching)
-		_ = wsmux.Keepalive(mux, nc, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
-	}()
-	return s, nil
+	return &clientSession{mux: mux, ws: ws, cancel: stop, local: layers.local, remote: layers.remote, watched: watched}, nil
 }
 
 // session returns the current session, waiting for a dial in progress.

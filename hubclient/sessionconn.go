@@ -36,13 +36,6 @@ var (
 // nothing learns of the close from the yamux FIN instead.
 const closeWriteTimeout = 5 * time.Second
 
-// framePool holds frame buffers (header + the largest payload), so idle
-// streams hold none.
-var framePool = sync.Pool{New: func() any {
-	b := make([]byte, wire.FrameHeaderSize+wire.MaxFramePayload)
-	return &b
-}}
-
 // sessionConn is one side of a session stream: frames (internal/wire) over
 // a yamux stream. On the service side the hub's OpenResult comes first;
 // open reads it before the first frame.
@@ -177,8 +170,8 @@ func (c *sessionConn) Write(p []byte) (int, error) {
 	if c.writeClosed || c.closed.Load() {
 		return 0, ErrStreamClosed
 	}
-	bp := framePool.Get().(*[]byte)
-	defer framePool.Put(bp)
+	bp := wire.FrameBuffer()
+	defer wire.PutFrameBuffer(bp)
 	n := 0
 	for len(p) > 0 {
 		k := min(len(p), wire.MaxFramePayload)

@@ -34,6 +34,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -105,6 +106,20 @@ const MaxCloseReason = 123
 // ErrBadFrame reports a frame header or close frame that breaks the rules
 // above.
 var ErrBadFrame = errors.New("bad frame")
+
+// frameBuffers holds buffers of one whole frame, taken only while a frame
+// is copied, so an idle stream holds none.
+var frameBuffers = sync.Pool{New: func() any {
+	b := make([]byte, FrameHeaderSize+MaxFramePayload)
+	return &b
+}}
+
+// FrameBuffer returns a buffer that holds a frame's header and the largest
+// payload; give it back with PutFrameBuffer.
+func FrameBuffer() *[]byte { return frameBuffers.Get().(*[]byte) }
+
+// PutFrameBuffer gives back a buffer from FrameBuffer.
+func PutFrameBuffer(b *[]byte) { frameBuffers.Put(b) }
 
 // PutFrameHeader writes the header of a frame of typ with an n-byte payload
 // into h.

@@ -1,0 +1,98 @@
+package hubclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+
+	"github.com/dsproxy/dsproxy/internal/wsmux"
+)
+
+// sessionDefaults fills the zero keepalive and backoff settings that a
+// [DeviceClient] and a [SessionClient] share: 15 s + 10 s keepalive, and
+// backoff from 500 ms to 30 s (never below the minimum).
+func sessionDefaults(keepAlive, writeTimeout, minBackoff, maxBackoff *time.Duration) {
+	if *keepAlive <= 0 {
+		*keepAlive = 15 * time.Second
+	}
+	if *writeTimeout <= 0 {
+		*writeTimeout = 10 * time.Second
+	}
+	if *minBackoff <= 0 {
+		*minBackoff = 500 * time.Millisecond
+	}
+	if *maxBackoff <= 0 {
+		*maxBackoff = 30 * time.Second
+	}
+	*maxBackoff = max(*maxBackoff, *minBackoff)
+}
+
+// dialMux dials the WebSocket of a session (the device's control session
+// or a service's session) at path with subprotocol, on a transport of its
+// own, as a stream's, since session streams carry data on it. what names
+// the session in errors.
+func (b *base) dialMux(ctx context.Context, path, subprotocol string, hdr http.Header, what string) (*websocket.Conn, *streamLayers, error) {
+	auth, err := b.authorization()
+	if err != nil {
+		return nil, nil, err
+	}
+	hdr = hdr.Clone()
+	if hdr == nil {
+		hdr = http.Header{}
+	}
+	hdr.Set("Authorization", auth)
+	tr, layers := streamTransport(b.http.Transport.(*http.Transport))
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ws, resp, err := websocket.Dial(dctx, b.url("wss", path), &websocket.DialOptions{
+		HTTPClient:   &http.Client{Transport: tr},
+		HTTPHeader:   hdr,
+		Subprotocols: []string{subprotocol},
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, nil, hubError("connect "+what, resp)
+		}
+		return nil, nil, fmt.Errorf("connect %s: %w", what, err)
+	}
+	if ws.Subprotocol() != subprotocol {
+		ws.Close(websocket.StatusProtocolError, "subprotocol "+subprotocol+" required")
+		return nil, nil, errors.New("connect " + what + ": hub did not agree on " + subprotocol + ": is it older than this client?")
+	}
+	return ws, layers, nil
+}
+
+// runMux runs a yamux session over ws (newMux is yamux.Client or
+// yamux.Server), its messages gathered through layers, watched by
+// wsmux.Keepalive, for as long as ctx. The caller must close the session,
+// then call watched, which waits for the keepalive watch. On an error ws
+// is closed.
+func runMux(ctx context.Context, ws *websocket.Conn, layers *streamLayers,
+	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), keepAlive, timeout time.Duration,
+) (mux *yamux.Session, watched func(), err error) {
+	nc := wsmux.Conn(ctx, ws, gatherer{layers})
+	mux, err = newMux(nc, wsmux.Config(nil))
+	if err != nil {
+		ws.CloseNow()
+		return nil, nil, err
+	}
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		_ = wsmux.Keepalive(mux, nc, keepAlive, timeout)
+	}()
+	return mux, func() { <-watching }, nil
+}
+
+// gatherer lets wsmux gather a session's messages through a stream's
+// layers.
+type gatherer struct{ l *streamLayers }
+
+func (g gatherer) Hold()          { g.l.hold() }
+func (g gatherer) Release() error { return g.l.release() }
