@@ -127,20 +127,7 @@ if want_row devices && ((DEVICES + 100 > FILES)); then
 	DEVICES=$((FILES - 100))
 fi
 
-# SRC is what gets built: a clean export of HEAD, or the tree with --worktree.
-SRC=$ROOT
-COMMIT=unknown
-if git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null; then
-	COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
-	if [[ -n $WORKTREE ]]; then
-		[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || COMMIT+="-dirty"
-	else
-		SRC=$WORK/src
-		mkdir -p "$SRC"
-		git -C "$ROOT" archive HEAD | tar -x -C "$SRC" || die "git archive HEAD failed"
-		log "measuring HEAD ($COMMIT), exported to $SRC"
-	fi
-fi
+measured_source # sets SRC and COMMIT
 ST=$WORK/scaletool
 log "building scaletool: go build -o $ST ./scripts/scaletool"
 (cd "$SRC" && go build -o "$ST" ./scripts/scaletool) || die "go build ./scripts/scaletool failed"

@@ -169,20 +169,7 @@ skip_row() {
 
 # ---------------------------------------------------------------- tools
 
-# SRC is what gets built: a clean export of HEAD, or the tree with --worktree.
-SRC=$ROOT
-COMMIT=unknown
-if git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null; then
-	COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
-	if [[ -n $WORKTREE ]]; then
-		[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || COMMIT+="-dirty"
-	else
-		SRC=$WORK/src
-		mkdir -p "$SRC"
-		git -C "$ROOT" archive HEAD | tar -x -C "$SRC" || die "git archive HEAD failed"
-		log "measuring HEAD ($COMMIT), exported to $SRC"
-	fi
-fi
+measured_source # sets SRC and COMMIT
 BT=$WORK/benchtool
 log "building benchtool: go build -o $BT ./scripts/benchtool"
 (cd "$SRC" && go build -o "$BT" ./scripts/benchtool) || die "go build ./scripts/benchtool failed"

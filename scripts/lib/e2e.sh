@@ -135,6 +135,25 @@ port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 # bind_failed NAME: whether NAME's log says its port was taken.
 bind_failed() { grep -qiE 'address already in use|cannot bind|bind to port .* failed' "$LOGS/$1.log"; }
 
+# measured_source: sets SRC, what a benchmark builds, and COMMIT, what it
+# reports: a clean export of HEAD into $WORK/src, or the working tree
+# itself when WORKTREE is set (COMMIT then ends in -dirty when it differs
+# from HEAD).
+measured_source() {
+	SRC=$ROOT
+	COMMIT=unknown
+	git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null || return 0
+	COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
+	if [[ -n ${WORKTREE:-} ]]; then
+		[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || COMMIT+="-dirty"
+		return 0
+	fi
+	SRC=$WORK/src
+	mkdir -p "$SRC"
+	git -C "$ROOT" archive HEAD | tar -x -C "$SRC" || die "git archive HEAD failed"
+	log "measuring HEAD ($COMMIT), exported to $SRC"
+}
+
 # use_binary sets BIN to $DSPROXY_BIN, or builds dsproxy from this checkout
 # (ROOT) into WORK, and checks free_port has what it needs.
 use_binary() {
