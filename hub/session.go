@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -123,6 +124,21 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	log.Info().Msg("service session ended")
 }
 
+// muxWS is the WebSocket under a session, as the session's handler closes
+// it.
+type muxWS struct {
+	*websocket.Conn
+	nc net.Conn // the session's connection over Conn (wsmux)
+}
+
+// Close sends the frames the session has queued, then closes the
+// WebSocket with code and reason: a stream's last frames go out before
+// the close frame.
+func (w muxWS) Close(code websocket.StatusCode, reason string) error {
+	wsmux.Flush(w.nc)
+	return w.Conn.Close(code, reason)
+}
+
 // acceptMux upgrades r to a WebSocket with subprotocol and runs a yamux
 // session over it (newMux is yamux.Client or yamux.Server), watched by
 // wsmux.Keepalive, for as long as ctx: the session outlives the request,
@@ -131,28 +147,28 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 // call watched, which waits for the keepalive watch.
 func (s *Server) acceptMux(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
 	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), log zerolog.Logger,
-) (ws *websocket.Conn, mux *yamux.Session, watched func()) {
+) (_ muxWS, mux *yamux.Session, watched func()) {
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{subprotocol},
 		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
 	})
 	if err != nil {
 		log.Debug().Err(err).Msg("session upgrade failed")
-		return nil, nil, nil
+		return muxWS{}, nil, nil
 	}
 	nc := wsmux.Conn(ctx, ws, batcherOf(r))
 	// yamux's complaints say why a session broke: at debug.
 	mux, err = newMux(nc, wsmux.Config(yamuxLogger(log)))
 	if err != nil {
 		ws.CloseNow()
-		return nil, nil, nil
+		return muxWS{}, nil, nil
 	}
 	watching := make(chan struct{})
 	go func() {
 		defer close(watching)
 		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
 	}()
-	return ws, mux, func() { <-watching }
+	return muxWS{ws, nc}, mux, func() { <-watching }
 }
 
 // serveSessionStream runs one stream of a service session: it reads the

@@ -75,7 +75,9 @@ type Batcher interface {
 // connection: when it ends, the connection closes.
 func Conn(ctx context.Context, ws *websocket.Conn, b Batcher) net.Conn {
 	ws.SetReadLimit(headerSize + WindowSize)
-	return &conn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx, b: b, start: time.Now()}
+	c := &conn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx, b: b, start: time.Now()}
+	c.space.L = &c.mu
+	return c
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -158,9 +160,21 @@ func isClosed(ch chan struct{}) bool {
 	}
 }
 
-// conn joins each data frame's header to its body. yamux writes from one
-// goroutine (its send loop), so a header is always followed by its body;
-// the mutex only keeps a misuse from corrupting the stream.
+// conn joins each data frame's header to its body, and sends messages
+// from a goroutine of its own so that frames queued meanwhile go out
+// together. yamux writes from one goroutine (its send loop), so a header is
+// always followed by its body; wmu only keeps a misuse from corrupting the
+// stream.
+//
+// Why the queue: yamux's send loop writes one frame at a time and waits
+// for each. Written in place, every frame of a stream setup (the open, the
+// request, the first data, the fin, the close, window updates) was a TLS
+// record and a write system call of its own, and system calls were most
+// of the CPU a setup cost. Now the send loop only queues a frame's message,
+// and one flusher writes whatever has queued in one hold of the batcher:
+// one TLS write and one system call for all of them. Under one stream's
+// bulk transfer the flusher stays busy, so the queue costs no extra
+// hand-off per frame.
 type conn struct {
 	net.Conn
 	ws    *websocket.Conn
@@ -169,35 +183,62 @@ type conn struct {
 	start time.Time    // monotonic origin of heard
 	heard atomic.Int64 // time.Since(start) when the peer was last heard from
 
-	mu   sync.Mutex
+	wmu  sync.Mutex
 	hdr  [headerSize]byte
-	want int    // body length of the held header; 0 when none is held
-	buf  []byte // header + body of the message being sent
+	want int // body length of the held header; 0 when none is held
+
+	mu       sync.Mutex
+	space    sync.Cond     // signaled when the flusher takes the queue or stops
+	q        *queue        // messages not yet taken by the flusher; nil when none
+	flushing bool          // a flusher goroutine runs
+	idle     chan struct{} // closed when the running flusher stops
+	err      error         // the first failed write, or net.ErrClosed after Close
+	closed   bool
+	flushers sync.WaitGroup
+}
+
+// maxQueued bounds the bytes a conn queues: a Write waits while the queue
+// holds more. One message larger than that is queued alone. With the
+// messages being written, a conn holds at most about twice this.
+const maxQueued = 256 << 10
+
+// queue is a run of messages, back to back in buf; ends[i] is where
+// message i ends.
+type queue struct {
+	buf  []byte
+	ends []int
+}
+
+// queues recycles queues: a conn holds one only while it has messages to
+// send, so an idle session holds none.
+var queues = sync.Pool{New: func() any { return &queue{buf: make([]byte, 0, 80<<10)} }}
+
+func putQueue(q *queue) {
+	if cap(q.buf) > 2*maxQueued {
+		return // an unusually large message: do not keep its buffer
+	}
+	q.buf, q.ends = q.buf[:0], q.ends[:0]
+	queues.Put(q)
 }
 
 func (c *conn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if c.want > 0 {
 		want := c.want
 		c.want = 0
 		if len(p) != want {
 			// Not the body the header announced: send both as they came.
-			if err := c.send(c.hdr[:]); err != nil {
-				return 0, fmt.Errorf("write session frame: %w", err)
+			if err := c.enqueue(c.hdr[:], nil); err != nil {
+				return 0, err
 			}
-			if err := c.send(p); err != nil {
-				return 0, fmt.Errorf("write session frame: %w", err)
+			if err := c.enqueue(p, nil); err != nil {
+				return 0, err
 			}
 			return len(p), nil
 		}
-		c.buf = append(append(c.buf[:0], c.hdr[:]...), p...)
-		err := c.send(c.buf)
-		if cap(c.buf) > keepBuf {
-			c.buf = nil // an unusually large frame: do not keep its buffer
-		}
-		if err != nil {
-			return 0, fmt.Errorf("write session frame: %w", err)
+		if err := c.enqueue(c.hdr[:], p); err != nil {
+			return 0, err
 		}
 		return len(p), nil
 	}
@@ -208,21 +249,141 @@ func (c *conn) Write(p []byte) (int, error) {
 			return len(p), nil
 		}
 	}
-	if err := c.send(p); err != nil {
-		return 0, fmt.Errorf("write session frame: %w", err)
+	if err := c.enqueue(p, nil); err != nil {
+		return 0, err
 	}
 	return len(p), nil
 }
 
-// send writes p as one binary message.
-func (c *conn) send(p []byte) error {
-	if c.b == nil {
-		return c.ws.Write(c.ctx, websocket.MessageBinary, p)
+// enqueue queues a and b, joined, as one message, waiting while the queue
+// is full, and starts a flusher unless one runs. It fails with the error
+// of an earlier write, or net.ErrClosed after Close.
+func (c *conn) enqueue(a, b []byte) error {
+	n := len(a) + len(b)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.err == nil && c.q != nil && len(c.q.buf)+n > maxQueued {
+		c.space.Wait()
 	}
-	c.b.Hold()
-	err := c.ws.Write(c.ctx, websocket.MessageBinary, p)
-	if rerr := c.b.Release(); err == nil {
-		err = rerr
+	switch {
+	case c.err != nil:
+		return fmt.Errorf("write session frame: %w", c.err)
+	case c.closed:
+		return fmt.Errorf("write session frame: %w", net.ErrClosed)
 	}
+	if c.q == nil {
+		c.q = queues.Get().(*queue)
+	}
+	c.q.buf = append(append(c.q.buf, a...), b...)
+	c.q.ends = append(c.q.ends, len(c.q.buf))
+	if !c.flushing {
+		c.flushing = true
+		c.idle = make(chan struct{})
+		c.flushers.Add(1)
+		go c.flush(c.idle)
+	}
+	return nil
+}
+
+// flush writes queued messages until the queue is empty or a write fails,
+// then closes idle.
+func (c *conn) flush(idle chan struct{}) {
+	defer c.flushers.Done()
+	c.mu.Lock()
+	for c.err == nil && c.q != nil {
+		q := c.q
+		c.q = nil
+		c.space.Broadcast()
+		c.mu.Unlock()
+		err := c.send(q)
+		putQueue(q)
+		c.mu.Lock()
+		if err != nil && c.err == nil {
+			c.err = err
+			// The message may be cut short: nothing more can follow it.
+			// Closing makes the session's reads fail too, so yamux ends.
+			c.ws.CloseNow()
+		}
+	}
+	if c.q != nil { // a write failed: drop what waits
+		putQueue(c.q)
+		c.q = nil
+	}
+	c.flushing = false
+	close(idle)
+	c.space.Broadcast()
+	c.mu.Unlock()
+}
+
+// send writes q's messages, gathered by the batcher into one write.
+func (c *conn) send(q *queue) error {
+	if c.b != nil {
+		c.b.Hold()
+	}
+	var err error
+	from := 0
+	for _, end := range q.ends {
+		if err = c.ws.Write(c.ctx, websocket.MessageBinary, q.buf[from:end]); err != nil {
+			break
+		}
+		from = end
+	}
+	if c.b != nil {
+		if rerr := c.b.Release(); err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// closeFlush bounds how long Close and Flush wait for queued messages to
+// go out.
+const closeFlush = 500 * time.Millisecond
+
+// Flush waits until the messages nc (from [Conn]) has queued are written,
+// or a write failed, for at most half a second. Call it before closing
+// the WebSocket under a session, so that the frames yamux has sent go out
+// before the close frame.
+func Flush(nc net.Conn) {
+	nc.(*conn).flushed()
+}
+
+// flushed waits for the running flusher, if any, for at most closeFlush.
+func (c *conn) flushed() {
+	c.mu.Lock()
+	idle, flushing := c.idle, c.flushing
+	c.mu.Unlock()
+	if !flushing {
+		return
+	}
+	t := time.NewTimer(closeFlush)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	}
+}
+
+// Close sends what is queued (yamux closes the connection right after
+// writing a stream's last frames: they must not be lost), for at most
+// closeFlush, then closes the WebSocket and waits for the flusher. Later
+// writes fail with net.ErrClosed. It is safe to call more than once.
+func (c *conn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	c.flushed()
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = net.ErrClosed
+	}
+	c.space.Broadcast()
+	c.mu.Unlock()
+	err := c.Conn.Close() // ends a write the peer holds up
+	c.flushers.Wait()
 	return err
 }
