@@ -225,3 +225,92 @@ func TestSessionLost(t *testing.T) {
 		return handshake(c) == nil
 	})
 }
+
+// sizeWriter records the size of each Write.
+type sizeWriter struct {
+	bytes.Buffer
+	sizes []int
+}
+
+func (w *sizeWriter) Write(p []byte) (int, error) {
+	w.sizes = append(w.sizes, len(p))
+	return w.Buffer.Write(p)
+}
+
+// TestSessionWriteTo: a session stream's WriteTo delivers every write,
+// small, exactly 64 KiB and larger, in order and each 64 KiB frame in one
+// Write, returns nil at the peer's half-close and leaves the other
+// direction open; a stream the peer aborts ends it with the abort's
+// StreamEndError.
+func TestSessionWriteTo(t *testing.T) {
+	w := dsproxytest.NewHub(t)
+	acc := newAccepter()
+	startDevice(t, w, w.AddDevice(t, "dev1"), acc.handle)
+	sc := w.SessionClient(t, w.OwnerConnectionString, nil)
+	svc, err := openVia(t, sc, "dev1", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wt, ok := svc.(io.WriterTo)
+	if !ok {
+		t.Fatalf("a session stream (%T) is no io.WriterTo", svc)
+	}
+	dev := acc.next(t)
+
+	var want bytes.Buffer
+	werr := make(chan error, 1)
+	go func() {
+		for _, n := range []int{1, 64 << 10, 200 << 10, 3} {
+			p := make([]byte, n)
+			rand.Read(p)
+			want.Write(p)
+			if _, err := dev.Write(p); err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- dev.CloseWrite()
+	}()
+	var got sizeWriter
+	n, err := wt.WriteTo(&got)
+	if err != nil {
+		t.Fatalf("WriteTo: %v", err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	if n != int64(want.Len()) || !bytes.Equal(got.Bytes(), want.Bytes()) {
+		t.Fatalf("WriteTo copied %d bytes (%d buffered), want the %d sent", n, got.Len(), want.Len())
+	}
+	if got.sizes[1] != 64<<10 {
+		t.Errorf("write sizes %v: a 64 KiB frame was split", got.sizes)
+	}
+	if _, err := svc.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("Read after the half-close = %v, want io.EOF", err)
+	}
+	if _, err := svc.Write([]byte("back")); err != nil {
+		t.Fatalf("write after the peer's half-close: %v", err)
+	}
+	svc.CloseWrite()
+	back, err := io.ReadAll(dev)
+	if err != nil || string(back) != "back" {
+		t.Fatalf("device read %q, %v; want \"back\"", back, err)
+	}
+
+	// An aborted stream: WriteTo reports how it ended.
+	svc2, err := openVia(t, sc, "dev1", "y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev2 := acc.next(t)
+	if _, err := dev2.Write([]byte("partial")); err != nil {
+		t.Fatal(err)
+	}
+	dev2.Abort()
+	var got2 bytes.Buffer
+	_, err = svc2.(io.WriterTo).WriteTo(&got2)
+	var se *hubclient.StreamEndError
+	if !errors.As(err, &se) || got2.String() != "partial" {
+		t.Fatalf("WriteTo of an aborted stream: %q, %v; want \"partial\" and a StreamEndError", got2.String(), err)
+	}
+}

@@ -72,39 +72,11 @@ func (c *sessionConn) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	for c.left == 0 {
-		var h [wire.FrameHeaderSize]byte
-		if _, err := io.ReadFull(c.st, h[:]); err != nil {
-			return 0, c.fail(err)
+		if err := c.nextFrame(); err != nil {
+			return 0, err
 		}
-		typ, n, err := wire.ParseFrameHeader(h[:])
-		if err != nil {
-			c.readErr = fmt.Errorf("read stream: %w", err)
-			return 0, c.readErr
-		}
-		switch typ {
-		case wire.FrameData:
-			c.left = n
-			if len(p) == 0 {
-				return 0, nil
-			}
-		case wire.FrameFin:
-			c.readErr = io.EOF
-			return 0, io.EOF
-		case wire.FrameClose:
-			b := make([]byte, n)
-			if _, err := io.ReadFull(c.st, b); err != nil {
-				return 0, c.fail(err)
-			}
-			code, reason, err := wire.ParseClose(b)
-			switch {
-			case err != nil:
-				c.readErr = fmt.Errorf("read stream: %w", err)
-			case code == int(websocket.StatusNormalClosure):
-				c.readErr = io.EOF
-			default:
-				c.readErr = &StreamEndError{Code: code, Reason: reason}
-			}
-			return 0, c.readErr
+		if len(p) == 0 {
+			return 0, nil
 		}
 	}
 	n, err := c.st.Read(p[:min(len(p), c.left)])
@@ -113,6 +85,100 @@ func (c *sessionConn) Read(p []byte) (int, error) {
 		err = c.fail(err)
 	}
 	return n, err
+}
+
+// nextFrame reads frame headers until a data frame's, whose payload it
+// leaves to be read (left), or the end of the stream: a fin or a close
+// frame, a broken frame or a failure, which it makes sticky in readErr
+// (a deadline excepted) and returns. readMu is held and left is 0.
+func (c *sessionConn) nextFrame() error {
+	var h [wire.FrameHeaderSize]byte
+	if _, err := io.ReadFull(c.st, h[:]); err != nil {
+		return c.fail(err)
+	}
+	typ, n, err := wire.ParseFrameHeader(h[:])
+	if err != nil {
+		c.readErr = fmt.Errorf("read stream: %w", err)
+		return c.readErr
+	}
+	switch typ {
+	case wire.FrameFin:
+		c.readErr = io.EOF
+		return io.EOF
+	case wire.FrameClose:
+		b := make([]byte, n)
+		if _, err := io.ReadFull(c.st, b); err != nil {
+			return c.fail(err)
+		}
+		code, reason, err := wire.ParseClose(b)
+		switch {
+		case err != nil:
+			c.readErr = fmt.Errorf("read stream: %w", err)
+		case code == int(websocket.StatusNormalClosure):
+			c.readErr = io.EOF
+		default:
+			c.readErr = &StreamEndError{Code: code, Reason: reason}
+		}
+		return c.readErr
+	}
+	c.left = n
+	return nil
+}
+
+// WriteTo copies the stream to w until the peer's half-close or a normal
+// close, which end it with a nil error, or until a failure, reported as
+// Read reports it. Each data frame (up to 64 KiB) reaches w in one Write:
+// io.Copy through Read would split it in two 32 KiB writes, two system
+// calls on a TCP connection. A buffer is held only while a frame is
+// copied, so a stream that waits for data costs none. It is a Read: it
+// must not run concurrently with Read.
+func (c *sessionConn) WriteTo(w io.Writer) (int64, error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	var total int64
+	for {
+		if c.readErr != nil {
+			if c.readErr == io.EOF {
+				return total, nil
+			}
+			return total, c.readErr
+		}
+		if c.left == 0 {
+			if err := c.handshake(); err != nil {
+				return total, err
+			}
+			if err := c.nextFrame(); err != nil {
+				if c.readErr == nil {
+					return total, err // a deadline
+				}
+				continue // the end: see readErr
+			}
+			if c.left == 0 {
+				continue // an empty data frame
+			}
+		}
+		bp := wire.FrameBuffer()
+		buf := (*bp)[:c.left]
+		n, err := io.ReadFull(c.st, buf)
+		c.left -= n
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			total += int64(m)
+			if werr == nil && m < n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				wire.PutFrameBuffer(bp)
+				return total, werr
+			}
+		}
+		wire.PutFrameBuffer(bp)
+		if err != nil {
+			if err = c.fail(err); c.readErr == nil {
+				return total, err // a deadline
+			}
+		}
+	}
 }
 
 // Handshake waits for the hub's answer to the stream's opening, which Read
