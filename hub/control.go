@@ -26,7 +26,7 @@ import (
 type session struct {
 	deviceID string
 	mux      *yamux.Session
-	ws       muxWS
+	ws       *websocket.Conn
 	log      zerolog.Logger
 	token    sas.Token // the device signed in with; see signedWith
 	since    time.Time

@@ -60,7 +60,7 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	log := s.log.With().Str(fieldPolicy, p.policy).Str(fieldRemote, r.RemoteAddr).Logger()
 	ctx, drop := context.WithCancel(s.ctx)
 	defer drop()
-	ws, mux, watched := s.acceptMux(ctx, w, r, wire.SessionSubprotocol, yamux.Server, log)
+	ws, nc, mux, watched := s.acceptSession(ctx, w, r, wire.SessionSubprotocol, yamux.Server, log)
 	if mux == nil {
 		return
 	}
@@ -117,6 +117,7 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 			drop() // a lost peer never answers the close handshake
 		}
 	}
+	wsmux.Flush(nc) // the streams' last frames go before the close frame
 	ws.Close(websocket.StatusGoingAway, why)
 	mux.Close()
 	<-accepting
@@ -124,51 +125,47 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	log.Info().Msg("service session ended")
 }
 
-// muxWS is the WebSocket under a session, as the session's handler closes
-// it.
-type muxWS struct {
-	*websocket.Conn
-	nc net.Conn // the session's connection over Conn (wsmux)
-}
-
-// Close sends the frames the session has queued, then closes the
-// WebSocket with code and reason: a stream's last frames go out before
-// the close frame.
-func (w muxWS) Close(code websocket.StatusCode, reason string) error {
-	wsmux.Flush(w.nc)
-	return w.Conn.Close(code, reason)
-}
-
 // acceptMux upgrades r to a WebSocket with subprotocol and runs a yamux
 // session over it (newMux is yamux.Client or yamux.Server), watched by
 // wsmux.Keepalive, for as long as ctx: the session outlives the request,
 // ctx is the caller's share of the hub's lifetime. It returns nil
 // connections when the upgrade failed. The caller must close mux, then
-// call watched, which waits for the keepalive watch.
+// call watched, which waits for the keepalive watch. Before closing ws
+// itself, the caller should let the session's queued frames go out
+// (acceptSession, wsmux.Flush).
 func (s *Server) acceptMux(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
 	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), log zerolog.Logger,
-) (_ muxWS, mux *yamux.Session, watched func()) {
+) (ws *websocket.Conn, mux *yamux.Session, watched func()) {
+	ws, _, mux, watched = s.acceptSession(ctx, w, r, subprotocol, newMux, log)
+	return ws, mux, watched
+}
+
+// acceptSession is acceptMux, and also returns the session's connection
+// over ws, for wsmux.Flush.
+func (s *Server) acceptSession(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
+	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), log zerolog.Logger,
+) (ws *websocket.Conn, nc net.Conn, mux *yamux.Session, watched func()) {
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{subprotocol},
 		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
 	})
 	if err != nil {
 		log.Debug().Err(err).Msg("session upgrade failed")
-		return muxWS{}, nil, nil
+		return nil, nil, nil, nil
 	}
-	nc := wsmux.Conn(ctx, ws, batcherOf(r))
+	nc = wsmux.Conn(ctx, ws, batcherOf(r))
 	// yamux's complaints say why a session broke: at debug.
 	mux, err = newMux(nc, wsmux.Config(yamuxLogger(log)))
 	if err != nil {
 		ws.CloseNow()
-		return muxWS{}, nil, nil
+		return nil, nil, nil, nil
 	}
 	watching := make(chan struct{})
 	go func() {
 		defer close(watching)
 		_ = wsmux.Keepalive(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
 	}()
-	return muxWS{ws, nc}, mux, func() { <-watching }
+	return ws, nc, mux, func() { <-watching }
 }
 
 // serveSessionStream runs one stream of a service session: it reads the

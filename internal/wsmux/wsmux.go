@@ -295,7 +295,7 @@ func (c *conn) flush(idle chan struct{}) {
 		c.q = nil
 		c.space.Broadcast()
 		c.mu.Unlock()
-		err := c.send(q)
+		err := c.sendQueue(q)
 		putQueue(q)
 		c.mu.Lock()
 		if err != nil && c.err == nil {
@@ -313,27 +313,6 @@ func (c *conn) flush(idle chan struct{}) {
 	close(idle)
 	c.space.Broadcast()
 	c.mu.Unlock()
-}
-
-// send writes q's messages, gathered by the batcher into one write.
-func (c *conn) send(q *queue) error {
-	if c.b != nil {
-		c.b.Hold()
-	}
-	var err error
-	from := 0
-	for _, end := range q.ends {
-		if err = c.ws.Write(c.ctx, websocket.MessageBinary, q.buf[from:end]); err != nil {
-			break
-		}
-		from = end
-	}
-	if c.b != nil {
-		if rerr := c.b.Release(); err == nil {
-			err = rerr
-		}
-	}
-	return err
 }
 
 // closeFlush bounds how long Close and Flush wait for queued messages to
@@ -385,5 +364,40 @@ func (c *conn) Close() error {
 	c.mu.Unlock()
 	err := c.Conn.Close() // ends a write the peer holds up
 	c.flushers.Wait()
+	return err
+}
+
+// sendQueue writes q's messages, gathered by the batcher into one write
+// (holds nest: each send's own hold ends inside this one).
+func (c *conn) sendQueue(q *queue) error {
+	if c.b != nil {
+		c.b.Hold()
+	}
+	var err error
+	from := 0
+	for _, end := range q.ends {
+		if err = c.send(q.buf[from:end]); err != nil {
+			break
+		}
+		from = end
+	}
+	if c.b != nil {
+		if rerr := c.b.Release(); err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// send writes p as one binary message.
+func (c *conn) send(p []byte) error {
+	if c.b == nil {
+		return c.ws.Write(c.ctx, websocket.MessageBinary, p)
+	}
+	c.b.Hold()
+	err := c.ws.Write(c.ctx, websocket.MessageBinary, p)
+	if rerr := c.b.Release(); err == nil {
+		err = rerr
+	}
 	return err
 }
