@@ -49,15 +49,20 @@ func TestCloseSendsQueued(t *testing.T) {
 			}()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			var want, got []byte
 			for i := range frames {
-				_, got, err := cli.Read(ctx)
-				if err != nil {
-					t.Fatalf("message %d: %v", i, err)
-				}
 				hdr, body := dataFrame(1000+i, byte(i))
-				if !bytes.Equal(got, append(hdr, body...)) {
-					t.Fatalf("message %d: %d bytes, not the frame written", i, len(got))
+				want = append(append(want, hdr...), body...)
+			}
+			for len(got) < len(want) {
+				_, msg, err := cli.Read(ctx)
+				if err != nil {
+					t.Fatalf("after %d of %d bytes: %v", len(got), len(want), err)
 				}
+				got = append(got, msg...)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatal("the messages did not carry the frames written, in order")
 			}
 			if _, _, err := cli.Read(ctx); websocket.CloseStatus(err) == -1 {
 				t.Fatalf("after the frames: %v, want the close frame", err)

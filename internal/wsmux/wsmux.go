@@ -4,7 +4,10 @@
 // yamux writes each frame as two writes, its 12-byte header and then its
 // body. Over a plain net.Conn adapter each write would become its own
 // WebSocket message: twice the messages, and a tiny one before every
-// body. [Conn] sends a data frame's header and body as one message.
+// body. [Conn] sends a data frame's header and body in one message, and
+// frames that queue while an earlier write is on its way share one
+// message and one write (see conn). The peer reads the session as a byte
+// stream, so message boundaries carry no meaning.
 package wsmux
 
 import (
@@ -202,6 +205,10 @@ type conn struct {
 // messages being written, a conn holds at most about twice this.
 const maxQueued = 256 << 10
 
+// maxJoin is the most bytes of queued messages the flusher joins into one
+// WebSocket message: far below the read limit Conn sets.
+const maxJoin = 256 << 10
+
 // queue is a run of messages, back to back in buf; ends[i] is where
 // message i ends.
 type queue struct {
@@ -368,18 +375,26 @@ func (c *conn) Close() error {
 }
 
 // sendQueue writes q's messages, gathered by the batcher into one write
-// (holds nest: each send's own hold ends inside this one).
+// (holds nest: each send's own hold ends inside this one). Messages that
+// queued together go out as one WebSocket message, up to maxJoin bytes:
+// the peer reads the session as a byte stream, whatever the message
+// boundaries, and one message is one frame header and, from the hub, one
+// run of TLS records instead of one per yamux frame.
 func (c *conn) sendQueue(q *queue) error {
 	if c.b != nil {
 		c.b.Hold()
 	}
 	var err error
 	from := 0
-	for _, end := range q.ends {
-		if err = c.send(q.buf[from:end]); err != nil {
-			break
+	for i := 0; i < len(q.ends) && err == nil; {
+		// The longest run of messages from i that fits in maxJoin, and
+		// at least message i.
+		to := q.ends[i]
+		for i++; i < len(q.ends) && q.ends[i]-from <= maxJoin; i++ {
+			to = q.ends[i]
 		}
-		from = end
+		err = c.send(q.buf[from:to])
+		from = to
 	}
 	if c.b != nil {
 		if rerr := c.b.Release(); err == nil {
