@@ -95,6 +95,15 @@ type Config struct {
 	// does not close it.
 	Registry registry.Store
 
+	// NATS, when set, makes the hub one replica of several (cluster.go):
+	// the NATS servers to route stream requests through, as a
+	// comma-separated list of nats:// URLs. The replicas must share
+	// Registry (PostgreSQL) and each must advertise its own address
+	// (AdvertiseAddr, or HostNames[0] and the port), which its streaming
+	// URLs name and which clients must be able to dial. Unset, the hub is
+	// a single node.
+	NATS string
+
 	// HandshakeTimeout is how long after initiation both sides have to
 	// reach the streaming endpoint. Stream tokens die with it.
 	HandshakeTimeout time.Duration
@@ -215,6 +224,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.DataDir == "" && (c.Registry == nil || c.TLSCertFile == ""):
 		return errors.New("hub config: DataDir is required")
+	case c.NATS != "" && c.Registry == nil:
+		return errors.New("hub config: replicas (NATS) must share a registry: give a PostgreSQL registry")
 	case len(c.HostNames) == 0:
 		return errors.New("hub config: at least one host name is required")
 	case (c.TLSCertFile == "") != (c.TLSKeyFile == ""):
@@ -284,6 +295,9 @@ type Server struct {
 	// events writes stream events to the registry (eventlog.go).
 	events *eventLog
 
+	// cluster links the replica to the others; nil on a single node.
+	cluster *cluster
+
 	// lim counts streams against the configured limits.
 	lim *limiter
 	// metrics are served at GET /metrics (metrics.go).
@@ -318,6 +332,17 @@ func New(cfg Config, ln net.Listener) (*Server, error) {
 			s.reg.Close()
 		}
 		return nil, err
+	}
+	if cfg.NATS != "" {
+		c, err := connectCluster(cfg.NATS, s.addr, s.log)
+		if err != nil {
+			s.cancel()
+			if s.ownsReg {
+				s.reg.Close()
+			}
+			return nil, err
+		}
+		s.cluster = c
 	}
 	s.events = newEventLog(s.reg, s.log)
 	return s, nil
@@ -500,6 +525,7 @@ func (s *Server) Run(ctx context.Context) error {
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
 		ConnContext:       withBatch,
 	}
+	stopCluster := s.startCluster() // before the first device session is claimed
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(batchListener{s.ln}, tlsCfg)) }()
 	s.log.Info().Str("addr", s.ln.Addr().String()).Str("advertise", s.addr).Msg("hub serving")
@@ -528,6 +554,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	s.awaitConns(grace)
+	stopCluster()
 	stopPruning() // before Close closes the registry
 	if cerr := s.Close(); err == nil {
 		err = cerr
@@ -562,6 +589,9 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.shutdown()
 		s.ln.Close()
+		if s.cluster != nil {
+			s.cluster.nc.Close()
+		}
 		s.events.close() // before the registry closes
 		if s.ownsReg {
 			s.closeErr = s.reg.Close()

@@ -47,25 +47,51 @@ func (b *base) dialMux(ctx context.Context, path, subprotocol string, hdr http.H
 		hdr = http.Header{}
 	}
 	hdr.Set("Authorization", auth)
-	tr, layers := streamTransport(b.http.Transport.(*http.Transport))
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	ws, resp, err := websocket.Dial(dctx, b.url("wss", path), &websocket.DialOptions{
-		HTTPClient:   &http.Client{Transport: tr},
-		HTTPHeader:   hdr,
-		Subprotocols: []string{subprotocol},
-	})
-	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, nil, hubError("connect "+what, resp)
+	// Each replica in the list once, from the one in use: a session
+	// moves on from a replica that cannot be reached or is shutting down.
+	var ws *websocket.Conn
+	var layers *streamLayers
+	for tries := 1; ; tries++ {
+		i, host := b.host()
+		var resp *http.Response
+		ws, layers, resp, err = dialWebSocket(ctx, b.http.Transport.(*http.Transport), b.urlOn(i, "wss", path), hdr, subprotocol)
+		if err == nil {
+			break
 		}
-		return nil, nil, fmt.Errorf("connect %s: %w", what, err)
+		more := tries < len(b.hosts) && ctx.Err() == nil
+		where := what
+		if len(b.hosts) > 1 {
+			where += " at " + host
+		}
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			if resp.StatusCode == http.StatusServiceUnavailable && more && b.failover(i) {
+				continue
+			}
+			return nil, nil, hubError("connect "+where, resp)
+		}
+		if unreached(err) && more && b.failover(i) {
+			continue
+		}
+		return nil, nil, fmt.Errorf("connect %s: %w", where, err)
 	}
 	if ws.Subprotocol() != subprotocol {
 		ws.Close(websocket.StatusProtocolError, "subprotocol "+subprotocol+" required")
 		return nil, nil, errors.New("connect " + what + ": hub did not agree on " + subprotocol + ": is it older than this client?")
 	}
 	return ws, layers, nil
+}
+
+// dialWebSocket dials one WebSocket with the session's transport.
+func dialWebSocket(ctx context.Context, base *http.Transport, url string, hdr http.Header, subprotocol string) (*websocket.Conn, *streamLayers, *http.Response, error) {
+	tr, layers := streamTransport(base)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
+		HTTPClient:   &http.Client{Transport: tr},
+		HTTPHeader:   hdr,
+		Subprotocols: []string{subprotocol},
+	})
+	return ws, layers, resp, err
 }
 
 // runMux runs a yamux session over ws (newMux is yamux.Client or
