@@ -5,6 +5,7 @@ package hub_test
 // three-node NATS cluster run in process (internal/natstest).
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -202,6 +203,27 @@ func TestClusterRoutesToTheDevicesReplica(t *testing.T) {
 	if err := echoVia(ctx, a.Service, "dev-b"); err != nil {
 		t.Fatalf("stream through replica A to a device on B: %v", err)
 	}
+
+	// Session mode: A sends the service to B, and the stream's first
+	// bytes, written before the answer, are replayed there.
+	onA := func(cfg *hubclient.ServiceConfig) { cfg.Hubs = []string{a.Addr} }
+	sess := a.SessionClient(t, onLocalhost(t, a.OwnerConnectionString), onA)
+	for i := range 3 { // the first redirected, the next straight to B
+		if err := echoVia(ctx, sess, "dev-b"); err != nil {
+			t.Fatalf("session stream %d through replica A to a device on B: %v", i, err)
+		}
+	}
+	big, err := sess.OpenStream(ctx, "dev-b", "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessionEchoMore(t, big, 1<<20) // more than a redirect keeps
+	sess2 := a.SessionClient(t, onLocalhost(t, a.OwnerConnectionString), onA)
+	big, err = sess2.OpenStream(ctx, "dev-b", "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessionEchoMore(t, big, 1<<20) // the first stream, redirected
 
 	// A registered device that no replica holds: 404 at once.
 	a.AddDevice(t, "dev-offline")
@@ -439,5 +461,35 @@ func (s *stormSession) answerOne(accept bool) bool {
 		err = wire.WriteMessage(st, &wire.StreamResponse{Accepted: accept})
 		st.Close()
 		return err == nil
+	}
+}
+
+// sessionEchoMore writes n bytes through an echo stream before reading
+// any, and checks they all come back.
+func sessionEchoMore(t *testing.T, st hubclient.Stream, n int) {
+	t.Helper()
+	defer st.Close()
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := st.Write(data)
+		if err == nil {
+			err = st.CloseWrite()
+		}
+		errc <- err
+	}()
+	_ = st.SetReadDeadline(time.Now().Add(dsproxytest.WaitTimeout))
+	got, err := io.ReadAll(st)
+	if err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("echoed %d bytes, want %d equal ones", len(got), len(data))
 	}
 }

@@ -92,7 +92,7 @@ func (r *StreamRequest) Accept(ctx context.Context) (Stream, error) {
 		if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
 			return nil, err
 		}
-		return newSessionConn(r.ctl, r.ctlAddrs[0], r.ctlAddrs[1], nil), nil
+		return newSessionConn(r.ctl, r.ctlAddrs[0], r.ctlAddrs[1], nil, nil), nil
 	}
 	if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
 		return nil, err

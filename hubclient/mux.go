@@ -35,28 +35,16 @@ func sessionDefaults(keepAlive, writeTimeout, minBackoff, maxBackoff *time.Durat
 
 // dialMux dials the WebSocket of a session (the device's control session
 // or a service's session) at path with subprotocol, on a transport of its
-// own, as a stream's, since session streams carry data on it. what names
+// own, as a stream's, since session streams carry data on it. It tries
+// each hub replica in the list once, from the one in use: a session moves
+// on from a replica that cannot be reached or is shutting down. what names
 // the session in errors.
 func (b *base) dialMux(ctx context.Context, path, subprotocol string, hdr http.Header, what string) (*websocket.Conn, *streamLayers, error) {
-	auth, err := b.authorization()
-	if err != nil {
-		return nil, nil, err
-	}
-	hdr = hdr.Clone()
-	if hdr == nil {
-		hdr = http.Header{}
-	}
-	hdr.Set("Authorization", auth)
-	// Each replica in the list once, from the one in use: a session
-	// moves on from a replica that cannot be reached or is shutting down.
-	var ws *websocket.Conn
-	var layers *streamLayers
 	for tries := 1; ; tries++ {
 		i, host := b.host()
-		var resp *http.Response
-		ws, layers, resp, err = dialWebSocket(ctx, b.http.Transport.(*http.Transport), b.urlOn(i, "wss", path), hdr, subprotocol)
+		ws, layers, resp, err := b.dialMuxAt(ctx, host, path, subprotocol, hdr)
 		if err == nil {
-			break
+			return ws, layers, nil
 		}
 		more := tries < len(b.hosts) && ctx.Err() == nil
 		where := what
@@ -74,11 +62,29 @@ func (b *base) dialMux(ctx context.Context, path, subprotocol string, hdr http.H
 		}
 		return nil, nil, fmt.Errorf("connect %s: %w", where, err)
 	}
+}
+
+// dialMuxAt dials a session's WebSocket on the hub at host. A refusal
+// comes with the hub's response.
+func (b *base) dialMuxAt(ctx context.Context, host, path, subprotocol string, hdr http.Header) (*websocket.Conn, *streamLayers, *http.Response, error) {
+	auth, err := b.authorization()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	hdr = hdr.Clone()
+	if hdr == nil {
+		hdr = http.Header{}
+	}
+	hdr.Set("Authorization", auth)
+	ws, layers, resp, err := dialWebSocket(ctx, b.http.Transport.(*http.Transport), "wss://"+host+path, hdr, subprotocol)
+	if err != nil {
+		return nil, nil, resp, err
+	}
 	if ws.Subprotocol() != subprotocol {
 		ws.Close(websocket.StatusProtocolError, "subprotocol "+subprotocol+" required")
-		return nil, nil, errors.New("connect " + what + ": hub did not agree on " + subprotocol + ": is it older than this client?")
+		return nil, nil, nil, errors.New("hub did not agree on " + subprotocol + ": is it older than this client?")
 	}
-	return ws, layers, nil
+	return ws, layers, nil, nil
 }
 
 // dialWebSocket dials one WebSocket with the session's transport.
