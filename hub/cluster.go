@@ -320,6 +320,7 @@ func (s *Server) routeIn(m *nats.Msg) {
 			s.respond(m, refusalReply(s.addr, &refusal{apiError: errHubShuttingDown()}))
 			return
 		}
+		s.metrics.route(routeServed)
 		go func() {
 			defer s.conns.Done()
 			s.respond(m, s.initiateRouted(id, rm))
@@ -370,6 +371,7 @@ func (s *Server) takeover(id string, epoch int64, replica string) {
 		return
 	}
 	c.log.Info().Str("replica", replica).Int64("epoch", c.epoch).Int64("newer", epoch).Msg("device session taken over by a newer one on another replica")
+	s.metrics.takenOver()
 	c.end()
 }
 
@@ -401,6 +403,7 @@ func (s *Server) reconcile(ctx context.Context) {
 	s.mu.Unlock()
 	for _, c := range stale {
 		c.log.Info().Int64("epoch", c.epoch).Msg("device session replaced on another replica (found by reconciliation)")
+		s.metrics.takenOver()
 		c.end()
 	}
 }
@@ -462,6 +465,7 @@ func (s *Server) route(ctx context.Context, id string, m routeMsg) (routeReply, 
 		msg, err := s.cluster.nc.RequestWithContext(ctx, deviceSubject(id), data)
 		if errors.Is(err, nats.ErrNoResponders) {
 			if attempt > 0 || !s.claimedElsewhere(ctx, id) {
+				s.metrics.route(routeNoRoute)
 				return routeReply{}, errNoRoute
 			}
 			// A replica claimed the device: its subscription may still be
@@ -474,12 +478,15 @@ func (s *Server) route(ctx context.Context, id string, m routeMsg) (routeReply, 
 			}
 		}
 		if err != nil {
+			s.metrics.route(routeFailed)
 			return routeReply{}, err
 		}
 		var rep routeReply
 		if len(msg.Data) > maxRouteMessage || json.Unmarshal(msg.Data, &rep) != nil || rep.Status == 0 {
+			s.metrics.route(routeFailed)
 			return routeReply{}, fmt.Errorf("malformed answer from a hub replica (%d bytes)", len(msg.Data))
 		}
+		s.metrics.route(routeSent)
 		return rep, nil
 	}
 }

@@ -225,6 +225,14 @@ func TestClusterRoutesToTheDevicesReplica(t *testing.T) {
 	}
 	sessionEchoMore(t, big, 1<<20) // the first stream, redirected
 
+	_, ma := scrape(t, a)
+	_, mb := scrape(t, c.hubs[1])
+	if sample(t, ma, `dsproxy_hub_routed_requests_total{outcome="sent"}`) < 1 ||
+		sample(t, mb, `dsproxy_hub_routed_requests_total{outcome="served"}`) < 1 ||
+		sample(t, ma, `dsproxy_hub_nats_connected`) != 1 {
+		t.Error("metrics: want requests sent by A and served by B, and A connected to NATS")
+	}
+
 	// A registered device that no replica holds: 404 at once.
 	a.AddDevice(t, "dev-offline")
 	start := time.Now()
@@ -304,12 +312,19 @@ func TestClusterNATSNodeDies(t *testing.T) {
 	if err := roundTrip("before"); err != nil {
 		t.Fatal(err)
 	}
+	// Stop the nodes replicas are connected to (each replica picks one
+	// at random), all but one node at most.
+	var victims []*server.Server
 	for _, n := range c.nats {
-		// Every replica is on one of the nodes; stop them in turn but
-		// the last, so each replica loses its node at least once.
-		if n == c.nats[len(c.nats)-1] {
-			break
+		if n.NumClients() > 0 && len(victims) < len(c.nats)-1 {
+			victims = append(victims, n)
 		}
+	}
+	if len(victims) == 0 {
+		t.Fatal("no replica is connected to a NATS node")
+	}
+	for _, n := range victims {
+		clients := n.NumClients()
 		stopped := time.Now()
 		n.Shutdown()
 		n.WaitForShutdown()
@@ -330,7 +345,7 @@ func TestClusterNATSNodeDies(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		t.Logf("new streams work %s after a NATS node stopped", again.Round(time.Millisecond))
+		t.Logf("new streams work %s after a NATS node with %d replicas on it stopped", again.Round(time.Millisecond), clients)
 	}
 	if err := roundTrip("after"); err != nil {
 		t.Fatalf("running stream: %v", err)
@@ -384,6 +399,12 @@ func TestClusterNewestSessionWins(t *testing.T) {
 	if at := c.connectedTo(t, "storm"); at < 0 {
 		t.Fatal("no replica holds the surviving session")
 	}
+	var takenOver float64
+	for _, h := range c.hubs {
+		_, m := scrape(t, h)
+		takenOver += sample(t, m, `dsproxy_hub_control_sessions_total{event="taken_over"}`)
+	}
+	t.Logf("%.0f of %d sessions ended by a takeover from another replica", takenOver, n)
 	// A stream request from any replica reaches the survivor.
 	for i, h := range c.hubs {
 		done := make(chan initiation, 1)

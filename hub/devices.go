@@ -225,6 +225,8 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, id string
 		s.writeError(w, r, http.StatusConflict, &apiError{http.StatusConflict, wire.CodeDeviceExists, "DeviceAlreadyExists", fmt.Sprintf("device %q already exists (send If-Match: * to update it)", id)})
 	case errors.Is(err, registry.ErrPrecondition):
 		s.writeError(w, r, http.StatusPreconditionFailed, &apiError{http.StatusPreconditionFailed, wire.CodePreconditionFailed, "PreconditionFailed", fmt.Sprintf("device %q changed since the given etag", id)})
+	case errors.Is(err, registry.ErrInvalidText):
+		s.writeError(w, r, http.StatusBadRequest, errBadRequest(fmt.Sprintf("device %q: its keys and status reason must be UTF-8 text without NUL bytes", id)))
 	default:
 		s.internalError(w, r, err)
 	}
