@@ -42,11 +42,18 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
+	"github.com/dsproxy/dsproxy/hub/registry"
 	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
 // subjectPrefix starts every device subject.
 const subjectPrefix = "dsproxy.device."
+
+// revokeSubject carries the ID of a device that was changed or deleted to
+// every replica: any of them may hold its session or relay its streams
+// (a stream outlives a session that moved). Each re-reads the device and
+// ends what it no longer allows.
+const revokeSubject = "dsproxy.revoke"
 
 // reconcileInterval is how often a replica checks the sessions it holds
 // against the session table, besides after each NATS reconnect.
@@ -160,6 +167,10 @@ func connectCluster(urls, replica string, log zerolog.Logger) (*cluster, error) 
 		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(urls), err)
 	}
 	c.nc = nc
+	if _, err := nc.ChanSubscribe(revokeSubject, c.msgs); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("subscribe to %s: %w", revokeSubject, err)
+	}
 	return c, nil
 }
 
@@ -172,6 +183,13 @@ func redactURLs(urls string) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// publishRevoke tells every replica that the device changed.
+func (c *cluster) publishRevoke(id string) {
+	if err := c.nc.Publish(revokeSubject, []byte(id)); err != nil {
+		c.log.Warn().Err(err).Str(fieldDevice, id).Msg("cannot tell the other replicas that the device changed: they end its sessions when it reconnects or its streams end")
+	}
 }
 
 // holdLocked subscribes to the device's subject; Server.mu must be held.
@@ -298,8 +316,17 @@ func (s *Server) serveCluster(ctx context.Context) {
 	}
 }
 
-// routeIn handles one message on a device subject.
+// routeIn handles one message on a device subject, or a revocation.
 func (s *Server) routeIn(m *nats.Msg) {
+	if m.Subject == revokeSubject {
+		if s.track() {
+			go func() {
+				defer s.conns.Done()
+				s.revokeIn(string(m.Data))
+			}()
+		}
+		return
+	}
 	id, ok := subjectDevice(m.Subject)
 	var rm routeMsg
 	if !ok || len(m.Data) > maxRouteMessage || json.Unmarshal(m.Data, &rm) != nil {
@@ -327,6 +354,25 @@ func (s *Server) routeIn(m *nats.Msg) {
 		}()
 	default:
 		s.log.Warn().Str("op", rm.Op).Msg("ignoring an unknown operation on a device subject")
+	}
+}
+
+// revokeIn applies a change another replica made to a device.
+func (s *Server) revokeIn(id string) {
+	if checkDeviceID(id) != nil {
+		s.log.Warn().Int("bytes", len(id)).Msg("ignoring a revocation with an invalid device ID")
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectionWriteTimeout)
+	defer cancel()
+	d, err := s.reg.GetDevice(ctx, id)
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		s.applyDevice(id, nil)
+	case err != nil:
+		s.log.Warn().Err(err).Str(fieldDevice, id).Msg("cannot read a changed device: its sessions stay until they reconnect")
+	default:
+		s.applyDevice(id, &d)
 	}
 }
 

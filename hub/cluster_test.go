@@ -514,3 +514,29 @@ func sessionEchoMore(t *testing.T, st hubclient.Stream, n int) {
 		t.Fatalf("echoed %d bytes, want %d equal ones", len(got), len(data))
 	}
 }
+
+// TestClusterRevocation disables, through replica A, a device whose
+// session and stream are on replica B: B ends both.
+func TestClusterRevocation(t *testing.T) {
+	c := newCluster(t, 3)
+	dev := c.startDevice(t, "dev-b", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
+	defer cancel()
+	a := c.hubs[0]
+	st, err := a.Service.OpenStream(ctx, "dev-b", "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := a.Service.UpdateDevice(ctx, hubclient.Device{ID: "dev-b", Status: "disabled"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = st.SetReadDeadline(time.Now().Add(dsproxytest.WaitTimeout))
+	_, err = st.Read(make([]byte, 1))
+	var se *hubclient.StreamEndError
+	if !errors.As(err, &se) || se.Code != int(websocket.StatusPolicyViolation) {
+		t.Fatalf("stream on B after the device was disabled through A: %v, want close 1008", err)
+	}
+	dsproxytest.Eventually(t, "replica B to drop the device's session", func() bool { return !c.hubs[1].Server.Connected("dev-b") })
+	dev.Stop(t)
+}

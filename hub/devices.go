@@ -158,15 +158,31 @@ func (s *Server) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, r, id, err)
 		return
 	}
-	if out.Status != registry.StatusEnabled {
-		s.dropSession(id)
-	} else {
-		// A session signed in with a key the device no longer has is
-		// no longer trusted; one with the other key goes on (rotation).
-		s.revoke(id, func(c *session) bool { return c.signedWith(out, s.cfg.ClockSkew) }, "device key replaced")
-	}
+	s.deviceChanged(id, &out)
 	s.log.Info().Str(fieldDevice, id).Str("status", string(out.Status)).Msg("device saved")
 	writeJSON(w, http.StatusOK, s.deviceJSON(out))
+}
+
+// deviceChanged ends what a changed device no longer allows: every
+// session and stream when it was disabled or deleted (d nil), those signed
+// in with a key it no longer has otherwise. Other replicas, which may hold
+// the device's session or streams, are told to do the same.
+func (s *Server) deviceChanged(id string, d *registry.Device) {
+	s.applyDevice(id, d)
+	if s.cluster != nil {
+		s.cluster.publishRevoke(id)
+	}
+}
+
+// applyDevice is deviceChanged on this hub alone.
+func (s *Server) applyDevice(id string, d *registry.Device) {
+	if d == nil || d.Status != registry.StatusEnabled {
+		s.dropSession(id)
+		return
+	}
+	// A session signed in with a key the device no longer has is no
+	// longer trusted; one with the other key goes on (rotation).
+	s.revoke(id, func(c *session) bool { return c.signedWith(*d, s.cfg.ClockSkew) }, "device key replaced")
 }
 
 func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
@@ -182,7 +198,7 @@ func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, r, id, err)
 		return
 	}
-	s.dropSession(id)
+	s.deviceChanged(id, nil)
 	s.log.Info().Str(fieldDevice, id).Msg("device deleted")
 	w.WriteHeader(http.StatusNoContent)
 }
