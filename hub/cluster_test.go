@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -539,4 +541,44 @@ func TestClusterRevocation(t *testing.T) {
 	}
 	dsproxytest.Eventually(t, "replica B to drop the device's session", func() bool { return !c.hubs[1].Server.Connected("dev-b") })
 	dev.Stop(t)
+}
+
+// TestClusterNATSUnreachable: a replica that cannot reach NATS at start
+// says so in one line, without the URL's password, in bounded time.
+func TestClusterNATSUnreachable(t *testing.T) {
+	pgURL := pgtest.URL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
+	defer cancel()
+	reg, err := registry.OpenPostgres(ctx, pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	cfg := hub.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.HostNames = []string{"127.0.0.1"}
+	cfg.Registry = reg
+	cfg.NATS = "nats://dsproxy:s3cret@" + dsproxytest.ClosedPort(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	srv, err := hub.New(cfg, ln)
+	if err == nil {
+		srv.Close()
+		t.Fatal("hub started without NATS")
+	}
+	ln.Close()
+	msg := err.Error()
+	if !strings.Contains(msg, "connect to NATS") || strings.Contains(msg, "s3cret") || strings.Contains(msg, "\n") {
+		t.Fatalf("error %q: want one line naming NATS, without the password", msg)
+	}
+	t.Logf("refused in %s: %v", time.Since(start).Round(time.Millisecond), err)
+
+	cfg.Registry = nil
+	cfg.NATS = "nats://127.0.0.1:4222"
+	if _, err := hub.New(cfg, ln); err == nil || !strings.Contains(err.Error(), "share a registry") {
+		t.Fatalf("replica without a shared registry: %v", err)
+	}
 }
