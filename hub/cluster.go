@@ -239,10 +239,39 @@ func (s *Server) claimSession(ctx context.Context, c *session) error {
 	return nil
 }
 
-// announce tells the other replicas that c is the device's newest session.
-func (s *Server) announce(c *session) {
-	if s.cluster != nil {
-		s.cluster.publish(c.deviceID, routeMsg{Op: opTakeover, Epoch: c.epoch, Replica: s.addr})
+// recheckAfter is when a new session checks the session table a second
+// time for a newer claim whose takeover it may have missed.
+const recheckAfter = time.Second
+
+// announce tells the other replicas that c is the device's newest session,
+// and makes sure c learns of any newer one. A newer claim made before c
+// subscribed to the device's subject published its takeover before c
+// could hear it: c reads the session table now, after subscribing, and
+// again after recheckAfter, for a takeover that NATS had not yet routed to
+// c's subscription. The returned function stops the second check.
+func (s *Server) announce(c *session) (stop func()) {
+	if s.cluster == nil {
+		return func() {}
+	}
+	s.cluster.publish(c.deviceID, routeMsg{Op: opTakeover, Epoch: c.epoch, Replica: s.addr})
+	s.checkNewest(c)
+	t := time.AfterFunc(recheckAfter, func() {
+		if s.track() {
+			defer s.conns.Done()
+			s.checkNewest(c)
+		}
+	})
+	return func() { t.Stop() }
+}
+
+// checkNewest ends c if the session table holds a newer session of the
+// device.
+func (s *Server) checkNewest(c *session) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectionWriteTimeout)
+	defer cancel()
+	ds, err := s.reg.GetSession(ctx, c.deviceID)
+	if err == nil && ds.Epoch > c.epoch {
+		s.takeover(c.deviceID, ds.Epoch, ds.Replica)
 	}
 }
 

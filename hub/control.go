@@ -228,7 +228,8 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		old.log.Info().Msg("device session replaced by a newer one")
 		old.end() // its streams go on: they have their own connections
 	}
-	s.announce(c)
+	stopChecks := s.announce(c)
+	defer stopChecks()
 	readyErr := c.ready()
 	if readyErr != nil {
 		c.log.Debug().Err(readyErr).Msg("session ended before it was ready")
