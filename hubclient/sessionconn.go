@@ -67,7 +67,8 @@ type sessionConn struct {
 	writeMu     sync.Mutex
 	writeClosed bool
 	// pending holds the frames written before the answer (up to
-	// maxPending bytes), which a redirect replays on the new stream.
+	// maxPending bytes), which a redirect replays on the new stream; the
+	// first write after the answer drops them.
 	pending []byte
 
 	closeOnce sync.Once
@@ -207,11 +208,10 @@ func (c *sessionConn) handshake() error {
 			return err
 		}
 		if host == "" {
+			// The next write drops pending: taking writeMu here could wait
+			// for a write that waits for this side to read.
 			c.answer, c.reopen = nil, nil
 			c.answered.Store(true)
-			c.writeMu.Lock()
-			c.pending = nil
-			c.writeMu.Unlock()
 			close(c.decided)
 		}
 	}
@@ -309,6 +309,8 @@ func (c *sessionConn) Write(p []byte) (int, error) {
 func (c *sessionConn) writeFrames(b []byte) error {
 	if !c.answered.Load() {
 		c.pending = append(c.pending, b...)
+	} else if c.pending != nil {
+		c.pending = nil
 	}
 	if _, err := c.stream().Write(b); err != nil {
 		return c.writeErr(err)
