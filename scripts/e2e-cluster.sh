@@ -23,6 +23,9 @@
 #      (the time is printed)
 #   d. kill -9 of replica B: the device is back on A or C within 10 s and
 #      ssh works again through A in both modes (the time is printed)
+#   e. PostgreSQL stops: a running transfer is untouched, new per-stream
+#      streams are refused; once it is back, they work again (the time is
+#      printed)
 #
 # 200 concurrent reconnects of one device leaving exactly one live session
 # are checked in process by hub/cluster_test.go (TestClusterNewestSessionWins),
@@ -395,5 +398,60 @@ if wait_for "device back on A or C" 10 dsproxy-device back_on; then
 else
 	fail "d the device is not back on A or C 10 s after kill -9 of replica B"
 fi
-SUMMARY="; new stream ${C_SECS:-?}s after a NATS node died; device back ${D_SECS:-?}s (streams ${D_STREAM_SECS:-?}s) after its replica died"
+# ---------------------------------------------------------------- e: PostgreSQL stops
+
+# pg_ctl_owner ARGS...: pg_ctl on the test's PostgreSQL, as its owner.
+pg_ctl_owner() { pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PG_DIR/data" "$@" >>"$LOGS/pg_ctl.log" 2>&1; }
+
+log "e: PostgreSQL stops while a transfer runs, and starts again"
+E=$WORK/e
+start_paced ssh-e "$SVC_SESSION" "$E"
+if ! wait_for "transfer through replica A" 20 "" transfer_at_least $((1 << 20)); then
+	fail "e no bytes flowed through the service proxy: $(tail -n 3 "$LOGS/ssh-e.err")"
+elif ! pg_ctl_owner -m immediate -w stop; then
+	fail "e could not stop PostgreSQL: $(tail -n 3 "$LOGS/pg_ctl.log")"
+else
+	t_stop=$(now_ns)
+	b0=$(transfer_bytes)
+	if banner_ok "$SVC_STREAM"; then
+		fail "e a new per-stream stream worked with PostgreSQL down: want it refused (every request authenticates against the registry)"
+	else
+		pass "e a new per-stream stream is refused with PostgreSQL down ($(secs_since "$t_stop")s after the stop)"
+	fi
+	if banner_ok "$SVC_SESSION"; then E_SESSION=works; else E_SESSION=refused; fi
+	log "e: a new session-mode stream with PostgreSQL down: $E_SESSION"
+	sleep 1
+	b1=$(transfer_bytes || echo 0)
+	if [[ -e $E/rc ]]; then
+		fail "e the running transfer ended when PostgreSQL stopped (exit $(cat "$E/rc")): $(tail -n 3 "$LOGS/ssh-e.err")"
+	elif ((b1 > b0)); then
+		pass "e the running transfer went on with PostgreSQL down: $(((b1 - b0) >> 10)) KiB in a second"
+	else
+		fail "e the running transfer stalled with PostgreSQL down ($b0 bytes, then $b1)"
+	fi
+	# pg_ctl restart starts it again with the options it ran with.
+	if ! pg_ctl_owner -w -t 60 restart; then
+		fail "e could not start PostgreSQL again: $(tail -n 3 "$LOGS/pg_ctl.log")"
+	else
+		t_start=$(now_ns)
+		ok=0
+		while (($(now_ns) - t_start < 10000000000)); do
+			if banner_ok "$SVC_STREAM"; then
+				ok=1
+				break
+			fi
+			sleep 0.05
+		done
+		E_SECS=$(secs_since "$t_start")
+		if ((ok)); then
+			pass "e new streams work again ${E_SECS}s after PostgreSQL is back"
+		else
+			fail "e new streams still fail 10 s after PostgreSQL is back"
+		fi
+	fi
+fi
+stop_proc ssh-e "$TRANSFER_PID" || true
+wait "$TRANSFER_WRAPPER" 2>/dev/null || true
+
+SUMMARY="; new stream ${C_SECS:-?}s after a NATS node died; device back ${D_SECS:-?}s (streams ${D_STREAM_SECS:-?}s) after its replica died; streams ${E_SECS:-?}s after PostgreSQL was back"
 log "200 concurrent reconnects of one device: see hub/cluster_test.go TestClusterNewestSessionWins (go test ./hub)"
