@@ -582,3 +582,35 @@ func TestClusterNATSUnreachable(t *testing.T) {
 		t.Fatalf("replica without a shared registry: %v", err)
 	}
 }
+
+// TestPublicAddr: connection strings name the shared name, stream URLs the
+// replica's own address, and tokens for the shared name are accepted.
+func TestPublicAddr(t *testing.T) {
+	w := dsproxytest.NewHub(t, func(c *hub.Config) { c.PublicAddr = "hub.example.test:8443" })
+	cs, err := sas.ParseConnectionString(w.OwnerConnectionString)
+	if err != nil || cs.HostName != "hub.example.test:8443" {
+		t.Fatalf("owner connection string names %q (%v), want the public address", cs.HostName, err)
+	}
+	// Registered through the registry: the hub's own clients would dial
+	// the public name, which resolves nowhere here.
+	key := sas.NewKey()
+	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
+	defer cancel()
+	if _, err := w.Server.Registry().CreateDevice(ctx, registry.Device{ID: "pub", Status: registry.StatusEnabled, PrimaryKey: key, SecondaryKey: sas.NewKey()}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := sas.NewToken(sas.DeviceResource("hub.example.test:8443", "pub"), key, "", time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := connectRawDevice(t, w, "pub", tok)
+	done := make(chan initiation, 1)
+	go func() { done <- initiate(t, w, ownerToken(t, w), "pub", "s", nil) }()
+	req := d.next(t)
+	req.answer(t, true, "")
+	in := <-done
+	u, err := url.Parse(in.body.URL)
+	if in.status != http.StatusOK || err != nil || u.Host != w.Server.Addr() {
+		t.Fatalf("initiation %d, stream URL %q: want one on the hub's own address %s", in.status, in.body.URL, w.Server.Addr())
+	}
+}

@@ -210,7 +210,7 @@ func (s *Server) handleHub(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, aerr.status, aerr)
 		return
 	}
-	writeJSON(w, http.StatusOK, HubJSON{HostName: s.addr, StreamingEndpoints: []string{"https://" + s.addr}})
+	writeJSON(w, http.StatusOK, HubJSON{HostName: s.publicAddr(), StreamingEndpoints: []string{"https://" + s.addr}})
 }
 
 // deviceTarget is the resource path a device token covers, taken from the

@@ -85,6 +85,12 @@ type Config struct {
 	// (for a hub behind a load balancer or port mapping).
 	AdvertiseAddr string
 
+	// PublicAddr, when set, is the host:port put in connection strings
+	// instead of the advertised address: the name all replicas share (a
+	// load balancer or DNS name), while each replica's streaming URLs keep
+	// its own address. Tokens for it are accepted.
+	PublicAddr string
+
 	// TLSCertFile and TLSKeyFile name a certificate and key to serve. When
 	// both are empty the hub uses a private CA in DataDir/tls, creating it
 	// on first start; clients trust DataDir/tls/ca.pem.
@@ -439,9 +445,17 @@ func writeFileAtomic(name string, data []byte) error {
 // whether this is the hub's first start on its data directory.
 func (s *Server) FirstStart() bool { return s.first }
 
-// Addr is the host:port the hub puts in streaming URLs and connection
-// strings.
+// Addr is the host:port the hub puts in streaming URLs, and in connection
+// strings unless Config.PublicAddr is set.
 func (s *Server) Addr() string { return s.addr }
+
+// publicAddr is the host:port in connection strings.
+func (s *Server) publicAddr() string {
+	if s.cfg.PublicAddr != "" {
+		return s.cfg.PublicAddr
+	}
+	return s.addr
+}
 
 // CAPEM returns the PEM certificate of the hub's private CA, or nil when the
 // hub serves a user-provided certificate.
@@ -450,7 +464,7 @@ func (s *Server) CAPEM() []byte { return s.tls.CAPEM }
 // OwnerConnectionString is the iothubowner policy's connection string.
 func (s *Server) OwnerConnectionString() string {
 	return sas.ConnectionString{
-		HostName:            s.addr,
+		HostName:            s.publicAddr(),
 		SharedAccessKeyName: "iothubowner",
 		SharedAccessKey:     s.ownerKey,
 	}.String()
@@ -461,7 +475,7 @@ func (s *Server) OwnerConnectionString() string {
 // engineer's service proxy needs.
 func (s *Server) ServiceConnectionString() string {
 	return sas.ConnectionString{
-		HostName:            s.addr,
+		HostName:            s.publicAddr(),
 		SharedAccessKeyName: "service",
 		SharedAccessKey:     s.svcKey,
 	}.String()
@@ -474,7 +488,7 @@ func (s *Server) DeviceConnectionString(ctx context.Context, id string) (string,
 	if err != nil {
 		return "", fmt.Errorf("get device %q: %w", id, err)
 	}
-	return sas.ConnectionString{HostName: s.addr, DeviceID: id, SharedAccessKey: d.PrimaryKey}.String(), nil
+	return sas.ConnectionString{HostName: s.publicAddr(), DeviceID: id, SharedAccessKey: d.PrimaryKey}.String(), nil
 }
 
 // Registry returns the hub's device registry.

@@ -130,7 +130,7 @@ start_replica() {
 		mkdir -p "$dir"
 		cp -r "${HUB_DIRS[A]}/tls" "$dir/tls"
 	fi
-	start_hub "dsproxy-hub-$r" "$dir" "$host" --hostname "$SHARED" \
+	start_hub "dsproxy-hub-$r" "$dir" "$host" --hostname "$SHARED" --public-addr "$SHARED" \
 		--registry "$PG_URL" --nats "$NATS_URLS" --shutdown-grace 0 \
 		--log-format json --log-level debug || die "replica $r did not start"
 	HUB_ADDR[$r]=$host:$HUB_PORT HUB_PROC[$r]=$HUB_NAME HUB_DIRS[$r]=$dir
@@ -141,9 +141,9 @@ start_replica C 127.0.0.3
 CA=${HUB_DIRS[A]}/tls/ca.pem
 pass "replicas A ${HUB_ADDR[A]}, B ${HUB_ADDR[B]}, C ${HUB_ADDR[C]} on one PostgreSQL registry and NATS"
 
-# on_shared CS: the connection string signed for the shared name.
-on_shared() { sed -E "s/HostName=[^;]*/HostName=$SHARED/" <<<"$1"; }
-OWNER_CS=$(on_shared "$(cat "${HUB_DIRS[A]}/iothubowner.connection-string")")
+# --public-addr: the connection strings name the shared name.
+OWNER_CS=$(cat "${HUB_DIRS[A]}/iothubowner.connection-string")
+[[ $OWNER_CS == "HostName=$SHARED;"* ]] || die "replica A's owner connection string names ${OWNER_CS%%;*}, want HostName=$SHARED (--public-addr)"
 CLIENT=(--connection-string "$OWNER_CS" --ca-file "$CA" --hub "${HUB_ADDR[A]}")
 
 # metric R NAME: the value of the metric line NAME (with its labels) on
@@ -169,7 +169,6 @@ if ! out=$(ssh "${SSH_OPTS[@]}" -p "$SSHD_PORT" "$USER_NAME@127.0.0.1" 'echo dir
 fi
 
 DEV_CS=$("$BIN" devices add "${CLIENT[@]}" e2e-dev 2>>"$LOGS/devices-cli.log") || die "devices add through replica A: $(tail -n 3 "$LOGS/devices-cli.log")"
-DEV_CS=$(on_shared "$DEV_CS")
 start dsproxy-device "$BIN" device --connection-string "$DEV_CS" --ca-file "$CA" \
 	--hub "${HUB_ADDR[B]},${HUB_ADDR[C]},${HUB_ADDR[A]}" --target "ssh=127.0.0.1:$SSHD_PORT" \
 	--keepalive 2s --keepalive-timeout 2s --log-format json --log-level debug
