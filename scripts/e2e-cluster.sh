@@ -274,26 +274,10 @@ banner_ok() {
 	timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && IFS= read -r -t 2 line <&3 && [[ $line == SSH-* ]]' _ "$1" 2>/dev/null
 }
 
-# start_paced NAME PORT DIR: like start_transfer, but the device sends about
+# start_paced NAME PORT DIR: start_transfer, with the device sending about
 # 2.5 MB/s, so that the transfer does not take the CPU the timings need.
 start_paced() {
-	local name=$1 port=$2 dir=$3
-	mkdir -p "$dir"
-	(
-		ssh "${SSH_OPTS[@]}" -p "$port" "$USER_NAME@127.0.0.1" \
-			'while :; do head -c 262144 /dev/zero; sleep 0.1; done' </dev/null >/dev/null 2>"$LOGS/$name.err" &
-		echo "$!" >"$dir/pid"
-		rc=0
-		wait "$!" || rc=$?
-		echo "$rc" >"$dir/rc"
-	) &
-	TRANSFER_WRAPPER=$!
-	PROC_NAMES+=("$name-wrapper")
-	PROC_PIDS+=("$TRANSFER_WRAPPER")
-	wait_for "ssh client started" 10 "" test -s "$dir/pid" || die "$name: could not start the ssh client"
-	TRANSFER_PID=$(cat "$dir/pid")
-	PROC_NAMES+=("$name")
-	PROC_PIDS+=("$TRANSFER_PID")
+	start_transfer "$1" "$2" "$3" 'while :; do head -c 262144 /dev/zero; sleep 0.1; done'
 }
 
 log "c: kill -9 of a NATS node while a transfer runs"
