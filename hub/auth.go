@@ -151,6 +151,9 @@ func (s *Server) hostNames() []string {
 	if s.cfg.AdvertiseAddr != "" {
 		names = append(names, s.cfg.AdvertiseAddr)
 	}
+	if s.cfg.PublicAddr != "" {
+		names = append(names, s.cfg.PublicAddr)
+	}
 	return names
 }
 

@@ -30,6 +30,7 @@ type session struct {
 	log      zerolog.Logger
 	token    sas.Token // the device signed in with; see signedWith
 	since    time.Time
+	epoch    int64         // the session's number among the device's, across replicas (cluster.go)
 	up       chan struct{} // closed once SessionReady is sent
 	inline   bool          // the device takes inline stream requests
 
@@ -210,10 +211,25 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		c.refuseDeviceStreams()
 	}()
 	defer func() { <-refusing }() // it returns once mux.Close below has run
-	if old := s.addSession(c); old != nil {
+	if err := s.claimSession(ctx, c); err != nil {
+		c.log.Warn().Err(err).Msg("cannot record the device's session in the registry: closing it, the device will retry")
+		ws.Close(websocket.StatusTryAgainLater, "registry unavailable: retry later")
+		mux.Close()
+		return
+	}
+	old, current := s.addSession(c)
+	if !current {
+		c.log.Info().Msg("device session closed: a newer one is already held")
+		ws.Close(websocket.StatusGoingAway, "session replaced by a newer one")
+		mux.Close()
+		return
+	}
+	if old != nil {
 		old.log.Info().Msg("device session replaced by a newer one")
 		old.end() // its streams go on: they have their own connections
 	}
+	stopChecks := s.announce(c)
+	defer stopChecks()
 	readyErr := c.ready()
 	if readyErr != nil {
 		c.log.Debug().Err(readyErr).Msg("session ended before it was ready")
@@ -259,19 +275,28 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	ws.Close(websocket.StatusGoingAway, why)
 	mux.Close()
 	if removed {
+		s.release(c)
 		c.log.Info().Msg("device disconnected")
 	}
 }
 
 // addSession makes c the device's current session and returns the one it
-// replaces, if any.
-func (s *Server) addSession(c *session) *session {
+// replaces, if any. The newer session wins: the later one on a single
+// node, the higher epoch in a cluster; current is false when the session
+// held already is newer than c, which is then not added.
+func (s *Server) addSession(c *session) (old *session, current bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.sessions[c.deviceID]
+	old = s.sessions[c.deviceID]
+	if old != nil && old.epoch > c.epoch {
+		return nil, false
+	}
 	s.sessions[c.deviceID] = c
+	if old == nil && s.cluster != nil {
+		s.cluster.holdLocked(c.deviceID)
+	}
 	s.metrics.sessionAdded(old != nil)
-	return old
+	return old, true
 }
 
 // removeSession forgets c if it is still the device's current session.
@@ -282,6 +307,9 @@ func (s *Server) removeSession(c *session) bool {
 		return false
 	}
 	delete(s.sessions, c.deviceID)
+	if s.cluster != nil {
+		s.cluster.dropLocked(c.deviceID)
+	}
 	return true
 }
 
@@ -300,6 +328,10 @@ func (s *Server) dropSession(id string) {
 
 // connected reports whether the device holds a session.
 func (s *Server) connected(id string) bool { return s.sessionFor(id) != nil }
+
+// Connected reports whether the device holds a control session on this
+// hub (on this replica, when there are several).
+func (s *Server) Connected(id string) bool { return s.connected(id) }
 
 // headerTokens splits a comma-separated header into its trimmed tokens.
 func headerTokens(h http.Header, name string) []string {

@@ -158,15 +158,31 @@ func (s *Server) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, r, id, err)
 		return
 	}
-	if out.Status != registry.StatusEnabled {
-		s.dropSession(id)
-	} else {
-		// A session signed in with a key the device no longer has is
-		// no longer trusted; one with the other key goes on (rotation).
-		s.revoke(id, func(c *session) bool { return c.signedWith(out, s.cfg.ClockSkew) }, "device key replaced")
-	}
+	s.deviceChanged(id, &out)
 	s.log.Info().Str(fieldDevice, id).Str("status", string(out.Status)).Msg("device saved")
 	writeJSON(w, http.StatusOK, s.deviceJSON(out))
+}
+
+// deviceChanged ends what a changed device no longer allows: every
+// session and stream when it was disabled or deleted (d nil), those signed
+// in with a key it no longer has otherwise. Other replicas, which may hold
+// the device's session or streams, are told to do the same.
+func (s *Server) deviceChanged(id string, d *registry.Device) {
+	s.applyDevice(id, d)
+	if s.cluster != nil {
+		s.cluster.publishRevoke(id)
+	}
+}
+
+// applyDevice is deviceChanged on this hub alone.
+func (s *Server) applyDevice(id string, d *registry.Device) {
+	if d == nil || d.Status != registry.StatusEnabled {
+		s.dropSession(id)
+		return
+	}
+	// A session signed in with a key the device no longer has is no
+	// longer trusted; one with the other key goes on (rotation).
+	s.revoke(id, func(c *session) bool { return c.signedWith(*d, s.cfg.ClockSkew) }, "device key replaced")
 }
 
 func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
@@ -182,7 +198,7 @@ func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, r, id, err)
 		return
 	}
-	s.dropSession(id)
+	s.deviceChanged(id, nil)
 	s.log.Info().Str(fieldDevice, id).Msg("device deleted")
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -194,7 +210,7 @@ func (s *Server) handleHub(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, aerr.status, aerr)
 		return
 	}
-	writeJSON(w, http.StatusOK, HubJSON{HostName: s.addr, StreamingEndpoints: []string{"https://" + s.addr}})
+	writeJSON(w, http.StatusOK, HubJSON{HostName: s.publicAddr(), StreamingEndpoints: []string{"https://" + s.addr}})
 }
 
 // deviceTarget is the resource path a device token covers, taken from the
@@ -225,6 +241,8 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, id string
 		s.writeError(w, r, http.StatusConflict, &apiError{http.StatusConflict, wire.CodeDeviceExists, "DeviceAlreadyExists", fmt.Sprintf("device %q already exists (send If-Match: * to update it)", id)})
 	case errors.Is(err, registry.ErrPrecondition):
 		s.writeError(w, r, http.StatusPreconditionFailed, &apiError{http.StatusPreconditionFailed, wire.CodePreconditionFailed, "PreconditionFailed", fmt.Sprintf("device %q changed since the given etag", id)})
+	case errors.Is(err, registry.ErrInvalidText):
+		s.writeError(w, r, http.StatusBadRequest, errBadRequest(fmt.Sprintf("device %q: its keys and status reason must be UTF-8 text without NUL bytes", id)))
 	default:
 		s.internalError(w, r, err)
 	}

@@ -85,6 +85,12 @@ type Config struct {
 	// (for a hub behind a load balancer or port mapping).
 	AdvertiseAddr string
 
+	// PublicAddr, when set, is the host:port put in connection strings
+	// instead of the advertised address: the name all replicas share (a
+	// load balancer or DNS name), while each replica's streaming URLs keep
+	// its own address. Tokens for it are accepted.
+	PublicAddr string
+
 	// TLSCertFile and TLSKeyFile name a certificate and key to serve. When
 	// both are empty the hub uses a private CA in DataDir/tls, creating it
 	// on first start; clients trust DataDir/tls/ca.pem.
@@ -94,6 +100,15 @@ type Config struct {
 	// Registry, when set, is used instead of DataDir/registry.db. The hub
 	// does not close it.
 	Registry registry.Store
+
+	// NATS, when set, makes the hub one replica of several (cluster.go):
+	// the NATS servers to route stream requests through, as a
+	// comma-separated list of nats:// URLs. The replicas must share
+	// Registry (PostgreSQL) and each must advertise its own address
+	// (AdvertiseAddr, or HostNames[0] and the port), which its streaming
+	// URLs name and which clients must be able to dial. Unset, the hub is
+	// a single node.
+	NATS string
 
 	// HandshakeTimeout is how long after initiation both sides have to
 	// reach the streaming endpoint. Stream tokens die with it.
@@ -215,6 +230,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.DataDir == "" && (c.Registry == nil || c.TLSCertFile == ""):
 		return errors.New("hub config: DataDir is required")
+	case c.NATS != "" && c.Registry == nil:
+		return errors.New("hub config: replicas (NATS) must share a registry: give a PostgreSQL registry")
 	case len(c.HostNames) == 0:
 		return errors.New("hub config: at least one host name is required")
 	case (c.TLSCertFile == "") != (c.TLSKeyFile == ""):
@@ -284,6 +301,9 @@ type Server struct {
 	// events writes stream events to the registry (eventlog.go).
 	events *eventLog
 
+	// cluster links the replica to the others; nil on a single node.
+	cluster *cluster
+
 	// lim counts streams against the configured limits.
 	lim *limiter
 	// metrics are served at GET /metrics (metrics.go).
@@ -318,6 +338,17 @@ func New(cfg Config, ln net.Listener) (*Server, error) {
 			s.reg.Close()
 		}
 		return nil, err
+	}
+	if cfg.NATS != "" {
+		c, err := connectCluster(cfg.NATS, s.addr, s.log)
+		if err != nil {
+			s.cancel()
+			if s.ownsReg {
+				s.reg.Close()
+			}
+			return nil, err
+		}
+		s.cluster = c
 	}
 	s.events = newEventLog(s.reg, s.log)
 	return s, nil
@@ -414,9 +445,17 @@ func writeFileAtomic(name string, data []byte) error {
 // whether this is the hub's first start on its data directory.
 func (s *Server) FirstStart() bool { return s.first }
 
-// Addr is the host:port the hub puts in streaming URLs and connection
-// strings.
+// Addr is the host:port the hub puts in streaming URLs, and in connection
+// strings unless Config.PublicAddr is set.
 func (s *Server) Addr() string { return s.addr }
+
+// publicAddr is the host:port in connection strings.
+func (s *Server) publicAddr() string {
+	if s.cfg.PublicAddr != "" {
+		return s.cfg.PublicAddr
+	}
+	return s.addr
+}
 
 // CAPEM returns the PEM certificate of the hub's private CA, or nil when the
 // hub serves a user-provided certificate.
@@ -425,7 +464,7 @@ func (s *Server) CAPEM() []byte { return s.tls.CAPEM }
 // OwnerConnectionString is the iothubowner policy's connection string.
 func (s *Server) OwnerConnectionString() string {
 	return sas.ConnectionString{
-		HostName:            s.addr,
+		HostName:            s.publicAddr(),
 		SharedAccessKeyName: "iothubowner",
 		SharedAccessKey:     s.ownerKey,
 	}.String()
@@ -436,7 +475,7 @@ func (s *Server) OwnerConnectionString() string {
 // engineer's service proxy needs.
 func (s *Server) ServiceConnectionString() string {
 	return sas.ConnectionString{
-		HostName:            s.addr,
+		HostName:            s.publicAddr(),
 		SharedAccessKeyName: "service",
 		SharedAccessKey:     s.svcKey,
 	}.String()
@@ -449,7 +488,7 @@ func (s *Server) DeviceConnectionString(ctx context.Context, id string) (string,
 	if err != nil {
 		return "", fmt.Errorf("get device %q: %w", id, err)
 	}
-	return sas.ConnectionString{HostName: s.addr, DeviceID: id, SharedAccessKey: d.PrimaryKey}.String(), nil
+	return sas.ConnectionString{HostName: s.publicAddr(), DeviceID: id, SharedAccessKey: d.PrimaryKey}.String(), nil
 }
 
 // Registry returns the hub's device registry.
@@ -500,6 +539,7 @@ func (s *Server) Run(ctx context.Context) error {
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
 		ConnContext:       withBatch,
 	}
+	stopCluster := s.startCluster() // before the first device session is claimed
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(batchListener{s.ln}, tlsCfg)) }()
 	s.log.Info().Str("addr", s.ln.Addr().String()).Str("advertise", s.addr).Msg("hub serving")
@@ -528,6 +568,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	s.awaitConns(grace)
+	stopCluster()
 	stopPruning() // before Close closes the registry
 	if cerr := s.Close(); err == nil {
 		err = cerr
@@ -562,6 +603,9 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.shutdown()
 		s.ln.Close()
+		if s.cluster != nil {
+			s.cluster.nc.Close()
+		}
 		s.events.close() // before the registry closes
 		if s.ownsReg {
 			s.closeErr = s.reg.Close()

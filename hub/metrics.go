@@ -58,6 +58,15 @@ const (
 	sessionConnected = "connected"
 	sessionReplaced  = "replaced"
 	sessionLost      = "lost"
+	sessionTakenOver = "taken_over"
+)
+
+// Outcomes of requests routed between replicas (cluster.go).
+const (
+	routeSent    = "sent"     // to the replica that holds the device
+	routeServed  = "served"   // for another replica
+	routeNoRoute = "no_route" // no replica holds the device
+	routeFailed  = "failed"   // NATS unavailable, or no answer
 )
 
 // streamResults are the results of stream events (events.go); an unknown
@@ -80,6 +89,7 @@ type metrics struct {
 	initiate    prometheus.Histogram
 	rejected    *prometheus.CounterVec
 	controlSess *prometheus.CounterVec
+	routed      *prometheus.CounterVec
 
 	knownResults map[string]bool
 }
@@ -114,14 +124,22 @@ func newMetrics(s *Server) *metrics {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts(opts("rejected_requests_total",
 			"HTTP requests answered with an error, by cause.")), []string{"cause"}),
 		controlSess: prometheus.NewCounterVec(prometheus.CounterOpts(opts("control_sessions_total",
-			"Device control session events: connected, replaced by a newer session, lost without a close.")), []string{"event"}),
+			"Device control session events: connected, replaced by a newer session, lost without a close, taken over by a newer session on another replica.")), []string{"event"}),
+		routed: prometheus.NewCounterVec(prometheus.CounterOpts(opts("routed_requests_total",
+			"Stream requests routed between hub replicas over NATS: sent to the replica holding the device, served for another replica, sent when no replica held the device, failed.")), []string{"outcome"}),
 		knownResults: make(map[string]bool, len(streamResults)),
 	}
 	gauge := func(name, help string, f func() int) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(name, help)), func() float64 { return float64(f()) })
 	}
 	m.reg.MustRegister(
-		m.started, m.ended, m.bytes, m.handshake, m.initiate, m.rejected, m.controlSess,
+		m.started, m.ended, m.bytes, m.handshake, m.initiate, m.rejected, m.controlSess, m.routed,
+		gauge("nats_connected", "1 while a hub replica is connected to NATS, 0 while it reconnects or on a single hub.", func() int {
+			if s.cluster != nil && s.cluster.nc.IsConnected() {
+				return 1
+			}
+			return 0
+		}),
 		gauge("connected_devices", "Devices holding a control session.", func() int {
 			s.mu.Lock()
 			defer s.mu.Unlock()
@@ -162,8 +180,11 @@ func newMetrics(s *Server) *metrics {
 		causeThrottled, causeUnavailable, causeTimeout, causeError, causeOther} {
 		m.rejected.WithLabelValues(c)
 	}
-	for _, e := range []string{sessionConnected, sessionReplaced, sessionLost} {
+	for _, e := range []string{sessionConnected, sessionReplaced, sessionLost, sessionTakenOver} {
 		m.controlSess.WithLabelValues(e)
+	}
+	for _, o := range []string{routeSent, routeServed, routeNoRoute, routeFailed} {
+		m.routed.WithLabelValues(o)
 	}
 	return m
 }
@@ -210,6 +231,13 @@ func (m *metrics) sessionAdded(replaced bool) {
 
 // sessionLost counts a control session that died without a close.
 func (m *metrics) sessionLost() { m.controlSess.WithLabelValues(sessionLost).Inc() }
+
+// takenOver counts a control session ended for a newer one on another
+// replica.
+func (m *metrics) takenOver() { m.controlSess.WithLabelValues(sessionTakenOver).Inc() }
+
+// route counts a request routed between replicas.
+func (m *metrics) route(outcome string) { m.routed.WithLabelValues(outcome).Inc() }
 
 // rejectCause maps an HTTP error status to the cause label.
 func rejectCause(status int) string {

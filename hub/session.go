@@ -191,6 +191,16 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 	if aerr == nil {
 		aerr = s.authorizeSession(ctx, ss, req.DeviceID)
 	}
+	if aerr == nil && s.cluster != nil && !s.connected(req.DeviceID) {
+		// Another replica may hold the device: the service opens the
+		// stream on a session to it (cluster.go).
+		var replica string
+		if replica, aerr = s.locate(ctx, req.DeviceID); aerr == nil && replica != s.addr {
+			ss.log.Debug().Str(fieldDevice, req.DeviceID).Str("replica", replica).Msg("session stream redirected")
+			s.redirectOpen(yst, req.DeviceID, replica)
+			return
+		}
+	}
 	if aerr != nil {
 		ss.log.Debug().Str(fieldDevice, req.DeviceID).Str("reason", aerr.msg).Msg("session stream refused")
 		s.answerOpen(yst, &refusal{apiError: aerr}, nil, wire.StreamResponse{})
@@ -296,6 +306,16 @@ func (s *Server) answerOpen(yst *yamux.Stream, ref *refusal, st *stream, resp wi
 	_ = yst.SetWriteDeadline(time.Now().Add(s.cfg.ConnectionWriteTimeout))
 	defer yst.SetWriteDeadline(time.Time{})
 	return wire.WriteMessage(yst, &res)
+}
+
+// redirectOpen answers a session stream with the replica that holds the
+// device's session.
+func (s *Server) redirectOpen(yst *yamux.Stream, deviceID, replica string) {
+	_ = yst.SetWriteDeadline(time.Now().Add(s.cfg.ConnectionWriteTimeout))
+	_ = wire.WriteMessage(yst, &wire.OpenResult{
+		Status: wire.StatusRedirect, Replica: replica,
+		Message: fmt.Sprintf("device %q is connected to hub replica %s: open the stream there", deviceID, replica),
+	})
 }
 
 // streamEnded logs and records the end of a relayed stream.

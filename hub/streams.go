@@ -201,28 +201,49 @@ func (s *Server) handleInitiate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, http.StatusBadRequest, errBadRequest(wire.HeaderResponseTimeout+": "+err.Error()))
 		return
 	}
-	st, resp, _, ref := s.initiate(r.Context(), initiation{
-		policy: p.policy, deviceID: id, name: name, connectTO: connectTO, responseTO: responseTO,
-	})
+	in := initiation{policy: p.policy, deviceID: id, name: name, connectTO: connectTO, responseTO: responseTO}
+	var ans *wire.InitiateResponse
+	var ref *refusal
+	if s.cluster != nil && !s.connected(id) {
+		// Another replica may hold the device: it answers with a URL on
+		// itself (cluster.go).
+		ans, ref = s.initiateRemote(r.Context(), in)
+	} else {
+		var st *stream
+		var resp wire.StreamResponse
+		st, resp, _, ref = s.initiate(r.Context(), in)
+		if st != nil {
+			a := s.initiateResponse(st, resp)
+			ans = &a
+		}
+	}
 	switch {
 	case ref != nil:
 		if ref.retryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.FormatInt(retrySeconds(ref.retryAfter), 10))
 		}
 		s.writeError(w, r, ref.status, ref.apiError)
-	case st == nil:
+	case ans == nil:
 		// The service went away before the device answered: nobody to
 		// answer.
-	case !resp.Accepted:
+	case !ans.IsAccepted:
 		w.Header().Set(wire.HeaderIsAccepted, wire.NotAccepted)
-		writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: false, Reason: resp.Reason})
+		writeJSON(w, http.StatusOK, ans)
 	default:
-		url := s.streamURL(st.id)
 		w.Header().Set(wire.HeaderIsAccepted, wire.Accepted)
-		w.Header().Set(wire.HeaderURL, url)
-		w.Header().Set(wire.HeaderAuthToken, st.tokens[sideService])
-		writeJSON(w, http.StatusOK, wire.InitiateResponse{StreamID: st.id, IsAccepted: true, URL: url, AuthToken: st.tokens[sideService]})
+		w.Header().Set(wire.HeaderURL, ans.URL)
+		w.Header().Set(wire.HeaderAuthToken, ans.AuthToken)
+		writeJSON(w, http.StatusOK, ans)
 	}
+}
+
+// initiateResponse is the answer to a stream initiation the device
+// answered: for an accepted stream, the URL and the service's token.
+func (s *Server) initiateResponse(st *stream, resp wire.StreamResponse) wire.InitiateResponse {
+	if !resp.Accepted {
+		return wire.InitiateResponse{StreamID: st.id, IsAccepted: false, Reason: resp.Reason}
+	}
+	return wire.InitiateResponse{StreamID: st.id, IsAccepted: true, URL: s.streamURL(st.id), AuthToken: st.tokens[sideService]}
 }
 
 // initiation is a request for a stream, from a POST or a service session.
@@ -237,6 +258,10 @@ type initiation struct {
 	inline bool
 	svc    *svcSession
 	sent   func(*stream, *yamux.Stream)
+
+	// routed is set for an initiation another replica routed here: that
+	// replica metered the policy's rate (cluster.go).
+	routed bool
 }
 
 // refusal is an initiation refused before or instead of a device's
@@ -261,8 +286,10 @@ func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.Str
 		s.refused(log, id, name, policy, result, aerr)
 		return &refusal{aerr, retryAfter}
 	}
-	if le := s.lim.allow(policy, time.Now()); le != nil {
-		return nil, none, nil, refuse(log, "throttled", errThrottled(le), le.retryAfter)
+	if !in.routed {
+		if le := s.lim.allow(policy, time.Now()); le != nil {
+			return nil, none, nil, refuse(log, "throttled", errThrottled(le), le.retryAfter)
+		}
 	}
 	if !s.track() {
 		return nil, none, nil, refuse(log, resultShutdown, errHubShuttingDown(), 0)
@@ -283,8 +310,7 @@ func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.Str
 	sess := s.sessionFor(id)
 	switch {
 	case sess == nil:
-		return nil, none, nil, refuse(log, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
-			fmt.Sprintf("device %q is not connected: is dsproxy device running there?", id)}, 0)
+		return nil, none, nil, refuse(log, "unavailable", errNotConnected(id), 0)
 	case in.inline && !sess.inline:
 		return nil, none, nil, refuse(log, "error", &apiError{http.StatusNotImplemented, wire.CodeNotImplemented, "NotImplemented",
 			fmt.Sprintf("device %q runs a dsproxy that takes no session streams: upgrade it, or use per-stream mode", id)}, 0)

@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -21,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dsproxy/dsproxy/internal/sas"
@@ -34,6 +36,8 @@ const defaultTokenTTL = time.Hour
 // HTTP client.
 type base struct {
 	cs     sas.ConnectionString
+	hosts  []string     // where to reach the hub: cs.HostName, or the configured replicas
+	cur    atomic.Int32 // index in hosts of the one in use
 	http   *http.Client
 	ttl    time.Duration
 	scheme string // "https"
@@ -43,10 +47,14 @@ type base struct {
 	tokenExp time.Time
 }
 
-func newBase(connStr string, tlsCfg *tls.Config, ttl time.Duration) (*base, error) {
+func newBase(connStr string, hubs []string, tlsCfg *tls.Config, ttl time.Duration) (*base, error) {
 	cs, err := sas.ParseConnectionString(connStr)
 	if err != nil {
 		return nil, fmt.Errorf("connection string: %w", err)
+	}
+	hosts, err := hubHosts(cs.HostName, hubs)
+	if err != nil {
+		return nil, err
 	}
 	if ttl <= 0 {
 		ttl = defaultTokenTTL
@@ -77,6 +85,7 @@ func newBase(connStr string, tlsCfg *tls.Config, ttl time.Duration) (*base, erro
 	tr.OnProxyConnectResponse = proxyRefused
 	return &base{
 		cs:     cs,
+		hosts:  hosts,
 		http:   &http.Client{Transport: tr},
 		ttl:    ttl,
 		scheme: "https",
@@ -105,9 +114,94 @@ func (b *base) authorization() (string, error) {
 	return tok, nil
 }
 
-// url builds the hub URL of a path whose segments are already escaped.
+// hubHosts checks a list of hub replicas (host:port, or host for port
+// 443) and returns it, or just hostName when the list is empty.
+func hubHosts(hostName string, hubs []string) ([]string, error) {
+	if len(hubs) == 0 {
+		return []string{hostName}, nil
+	}
+	out := make([]string, 0, len(hubs))
+	for _, h := range hubs {
+		h = strings.TrimSpace(h)
+		u, err := url.Parse("https://" + h)
+		if h == "" || err != nil || u.Host != h || u.User != nil {
+			return nil, fmt.Errorf("hub address %q: want host or host:port", h)
+		}
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+// url builds the hub URL of a path whose segments are already escaped, on
+// the hub in use.
 func (b *base) url(scheme, escapedPath string) string {
-	return scheme + "://" + b.cs.HostName + escapedPath
+	i, _ := b.host()
+	return b.urlOn(i, scheme, escapedPath)
+}
+
+// urlOn is url on hosts[i].
+func (b *base) urlOn(i int32, scheme, escapedPath string) string {
+	return scheme + "://" + b.hosts[i] + escapedPath
+}
+
+// host returns the index and address of the hub in use.
+func (b *base) host() (int32, string) {
+	i := b.cur.Load()
+	return i, b.hosts[i]
+}
+
+// failover moves on from hosts[i], which could not be reached, to the
+// next hub in the list; it does nothing if another call moved already.
+// It reports whether there is another hub to try.
+func (b *base) failover(i int32) bool {
+	if len(b.hosts) < 2 {
+		return false
+	}
+	b.cur.CompareAndSwap(i, (i+1)%int32(len(b.hosts)))
+	return true
+}
+
+// roundTrip sends req to the hub in use, and on to the next replica in
+// the list while the one tried cannot be reached or is shutting down
+// (503): either way it did nothing with the request. req's URL must be on
+// the hub in use (url), and its body replayable (GetBody), as
+// http.NewRequest makes it for the bodies the clients send.
+func (b *base) roundTrip(req *http.Request) (*http.Response, error) {
+	i, _ := b.host()
+	for tries := 1; ; tries++ {
+		r := req
+		if tries > 1 {
+			r = req.Clone(req.Context())
+			r.URL.Host = b.hosts[i]
+			r.Host = ""
+			if req.GetBody != nil {
+				body, err := req.GetBody()
+				if err != nil {
+					return nil, err
+				}
+				r.Body = body
+			}
+		}
+		resp, err := b.http.Do(r)
+		more := tries < len(b.hosts) && req.Context().Err() == nil
+		switch {
+		case err != nil && unreached(err) && more:
+		case err == nil && resp.StatusCode == http.StatusServiceUnavailable && more:
+			resp.Body.Close()
+		default:
+			return resp, err
+		}
+		b.failover(i)
+		i, _ = b.host()
+	}
+}
+
+// unreached reports whether err means the request never reached a hub:
+// nothing answered at the address (refused, unreachable, timed out
+// while connecting), so it is safe to send it to another replica.
+func unreached(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
 // close releases idle connections.

@@ -27,6 +27,12 @@ type DeviceConfig struct {
 	// TLSConfig verifies the hub; nil uses the system roots.
 	TLSConfig *tls.Config
 
+	// Hubs, when set, are the hub replicas to connect to (host:port),
+	// instead of the connection string's HostName, which tokens are still
+	// signed for. The client stays with one until it cannot be reached or
+	// shuts down, then moves to the next.
+	Hubs []string
+
 	// KeepAliveInterval is how often the device pings the hub; a hub that
 	// does not answer within ConnectionWriteTimeout is considered gone, the
 	// streams its session delivered are ended, and the device redials. A
@@ -86,7 +92,7 @@ func (r *StreamRequest) Accept(ctx context.Context) (Stream, error) {
 		if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
 			return nil, err
 		}
-		return newSessionConn(r.ctl, r.ctlAddrs[0], r.ctlAddrs[1], nil), nil
+		return newSessionConn(r.ctl, r.ctlAddrs[0], r.ctlAddrs[1], nil, nil), nil
 	}
 	if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
 		return nil, err
@@ -158,7 +164,7 @@ func NewDeviceClient(cfg DeviceConfig, h StreamHandler) (*DeviceClient, error) {
 	if h == nil {
 		return nil, errors.New("device client: nil stream handler")
 	}
-	b, err := newBase(cfg.ConnectionString, cfg.TLSConfig, cfg.TokenTTL)
+	b, err := newBase(cfg.ConnectionString, cfg.Hubs, cfg.TLSConfig, cfg.TokenTTL)
 	if err != nil {
 		return nil, err
 	}

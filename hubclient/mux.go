@@ -35,37 +35,69 @@ func sessionDefaults(keepAlive, writeTimeout, minBackoff, maxBackoff *time.Durat
 
 // dialMux dials the WebSocket of a session (the device's control session
 // or a service's session) at path with subprotocol, on a transport of its
-// own, as a stream's, since session streams carry data on it. what names
+// own, as a stream's, since session streams carry data on it. It tries
+// each hub replica in the list once, from the one in use: a session moves
+// on from a replica that cannot be reached or is shutting down. what names
 // the session in errors.
 func (b *base) dialMux(ctx context.Context, path, subprotocol string, hdr http.Header, what string) (*websocket.Conn, *streamLayers, error) {
+	for tries := 1; ; tries++ {
+		i, host := b.host()
+		ws, layers, resp, err := b.dialMuxAt(ctx, host, path, subprotocol, hdr)
+		if err == nil {
+			return ws, layers, nil
+		}
+		more := tries < len(b.hosts) && ctx.Err() == nil
+		where := what
+		if len(b.hosts) > 1 {
+			where += " at " + host
+		}
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			if resp.StatusCode == http.StatusServiceUnavailable && more && b.failover(i) {
+				continue
+			}
+			return nil, nil, hubError("connect "+where, resp)
+		}
+		if unreached(err) && more && b.failover(i) {
+			continue
+		}
+		return nil, nil, fmt.Errorf("connect %s: %w", where, err)
+	}
+}
+
+// dialMuxAt dials a session's WebSocket on the hub at host. A refusal
+// comes with the hub's response.
+func (b *base) dialMuxAt(ctx context.Context, host, path, subprotocol string, hdr http.Header) (*websocket.Conn, *streamLayers, *http.Response, error) {
 	auth, err := b.authorization()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	hdr = hdr.Clone()
 	if hdr == nil {
 		hdr = http.Header{}
 	}
 	hdr.Set("Authorization", auth)
-	tr, layers := streamTransport(b.http.Transport.(*http.Transport))
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ws, layers, resp, err := dialWebSocket(ctx, b.http.Transport.(*http.Transport), "wss://"+host+path, hdr, subprotocol)
+	if err != nil {
+		return nil, nil, resp, err
+	}
+	if ws.Subprotocol() != subprotocol {
+		ws.Close(websocket.StatusProtocolError, "subprotocol "+subprotocol+" required")
+		return nil, nil, nil, errors.New("hub did not agree on " + subprotocol + ": is it older than this client?")
+	}
+	return ws, layers, nil, nil
+}
+
+// dialWebSocket dials one WebSocket with the session's transport.
+func dialWebSocket(ctx context.Context, base *http.Transport, url string, hdr http.Header, subprotocol string) (*websocket.Conn, *streamLayers, *http.Response, error) {
+	tr, layers := streamTransport(base)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	ws, resp, err := websocket.Dial(dctx, b.url("wss", path), &websocket.DialOptions{
+	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 		HTTPClient:   &http.Client{Transport: tr},
 		HTTPHeader:   hdr,
 		Subprotocols: []string{subprotocol},
 	})
-	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, nil, hubError("connect "+what, resp)
-		}
-		return nil, nil, fmt.Errorf("connect %s: %w", what, err)
-	}
-	if ws.Subprotocol() != subprotocol {
-		ws.Close(websocket.StatusProtocolError, "subprotocol "+subprotocol+" required")
-		return nil, nil, errors.New("connect " + what + ": hub did not agree on " + subprotocol + ": is it older than this client?")
-	}
-	return ws, layers, nil
+	return ws, layers, resp, err
 }
 
 // runMux runs a yamux session over ws (newMux is yamux.Client or

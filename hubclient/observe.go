@@ -126,7 +126,7 @@ func (c *ServiceClient) get(ctx context.Context, op, path string, query url.Valu
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	req.Header.Set("Authorization", auth)
-	resp, err := c.http.Do(req)
+	resp, err := c.roundTrip(req)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}

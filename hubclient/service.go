@@ -28,6 +28,13 @@ type ServiceConfig struct {
 	// TLSConfig verifies the hub; nil uses the system roots.
 	TLSConfig *tls.Config
 
+	// Hubs, when set, are the hub replicas to use (host:port), instead of
+	// the connection string's HostName, which tokens are still signed
+	// for. The client stays with one until it cannot be reached or shuts
+	// down, then moves to the next; a stream goes to the replica the hub
+	// names for it.
+	Hubs []string
+
 	// ConnectTimeout and ResponseTimeout, when set, are sent with each
 	// stream initiation (whole seconds): how long the hub may take to
 	// reach the device and how long the device has to answer. Zero leaves
@@ -73,7 +80,7 @@ func NewServiceClient(cfg ServiceConfig) (*ServiceClient, error) {
 
 // newServiceBase is the base of a client with a policy's credential.
 func newServiceBase(cfg ServiceConfig) (*base, error) {
-	b, err := newBase(cfg.ConnectionString, cfg.TLSConfig, cfg.TokenTTL)
+	b, err := newBase(cfg.ConnectionString, cfg.Hubs, cfg.TLSConfig, cfg.TokenTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +123,7 @@ func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (
 	if c.cfg.ResponseTimeout > 0 {
 		req.Header.Set(wire.HeaderResponseTimeout, strconv.Itoa(seconds(c.cfg.ResponseTimeout)))
 	}
-	resp, err := c.http.Do(req)
+	resp, err := c.roundTrip(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
@@ -225,7 +232,7 @@ func (c *ServiceClient) do(ctx context.Context, op, method, path string, hdr htt
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.http.Do(req)
+	resp, err := c.roundTrip(req)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}

@@ -36,7 +36,19 @@ type SessionClient struct {
 	cur     *clientSession
 	err     error         // why there is no session; nil before the first dial ends
 	changed chan struct{} // closed and replaced when cur or err changes
+	stopped bool          // Run returned: no more sessions to other replicas
+
+	// Sessions to other hub replicas, made when a stream is redirected
+	// to one (the replica that holds the device's session), and where
+	// each device was found; guarded by mu. Dials to them are serialized
+	// by dialMu.
+	others map[string]*clientSession
+	routes map[string]string
+	dialMu sync.Mutex
 }
+
+// maxRoutes bounds the devices a SessionClient remembers the replica of.
+const maxRoutes = 4096
 
 // clientSession is one session to the hub.
 type clientSession struct {
@@ -89,6 +101,7 @@ func (c *SessionClient) set(s *clientSession, err error) {
 // returns early only when the hub refuses the credential
 // (ErrUnauthorized, ErrForbidden), and returns after closing the session.
 func (c *SessionClient) Run(ctx context.Context) error {
+	defer c.closeOthers()
 	defer c.set(nil, net.ErrClosed)
 	return redial(ctx, c.cfg.MinBackoff, c.cfg.MaxBackoff, c.log, "session down", func(ctx context.Context) error {
 		s, err := c.dial(ctx)
@@ -150,12 +163,20 @@ func sessionEnd(mux *yamux.Session) error {
 	return errors.New("session closed")
 }
 
+// sessionPath is the hub's service session endpoint.
+const sessionPath = "/service/session?api-version=2020-09-30"
+
 // dial connects a session.
 func (c *SessionClient) dial(ctx context.Context) (*clientSession, error) {
-	ws, layers, err := c.dialMux(ctx, "/service/session?api-version=2020-09-30", wire.SessionSubprotocol, nil, "session")
+	ws, layers, err := c.dialMux(ctx, sessionPath, wire.SessionSubprotocol, nil, "session")
 	if err != nil {
 		return nil, err
 	}
+	return c.start(ws, layers)
+}
+
+// start runs a session over a dialled WebSocket.
+func (c *SessionClient) start(ws *websocket.Conn, layers *streamLayers) (*clientSession, error) {
 	sctx, stop := context.WithCancel(context.Background()) // the session's lifetime, until close
 	mux, watched, err := runMux(sctx, ws, layers, yamux.Client, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
 	if err != nil {
@@ -185,6 +206,91 @@ func (c *SessionClient) session(ctx context.Context) (*clientSession, error) {
 	}
 }
 
+// sessionAt returns the session to the hub replica at host, dialling it
+// when there is none: a stream's device is held there.
+func (c *SessionClient) sessionAt(ctx context.Context, host string) (*clientSession, error) {
+	if s := c.other(host); s != nil {
+		return s, nil
+	}
+	c.dialMu.Lock()
+	defer c.dialMu.Unlock()
+	if s := c.other(host); s != nil {
+		return s, nil
+	}
+	ws, layers, resp, err := c.dialMuxAt(ctx, host, sessionPath, wire.SessionSubprotocol, nil)
+	if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+		return nil, hubError("connect session at "+host, resp)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect session at %s: %w", host, err)
+	}
+	s, err := c.start(ws, layers)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		s.close()
+		return nil, net.ErrClosed
+	}
+	if c.others == nil {
+		c.others = make(map[string]*clientSession)
+	}
+	if old := c.others[host]; old != nil {
+		old.close() // dead: other returned nil for it
+	}
+	c.others[host] = s
+	c.log.Info().Str("hub", host).Msg("session up to another hub replica")
+	return s, nil
+}
+
+// other returns the live session to the replica at host, or nil.
+func (c *SessionClient) other(host string) *clientSession {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.others[host]; s != nil && !s.mux.IsClosed() {
+		return s
+	}
+	return nil
+}
+
+// closeOthers closes the sessions to other replicas once Run returns.
+func (c *SessionClient) closeOthers() {
+	c.mu.Lock()
+	others := c.others
+	c.others, c.stopped = nil, true
+	c.mu.Unlock()
+	for _, s := range others {
+		s.close()
+	}
+}
+
+// route returns the session a stream to the device goes on: the one to
+// the replica the device was last found on, while it is up, or the main
+// one.
+func (c *SessionClient) route(ctx context.Context, deviceID string) (*clientSession, error) {
+	c.mu.Lock()
+	host := c.routes[deviceID]
+	c.mu.Unlock()
+	if host != "" {
+		if s := c.other(host); s != nil {
+			return s, nil
+		}
+	}
+	return c.session(ctx)
+}
+
+// remember notes the replica a device's stream was redirected to.
+func (c *SessionClient) remember(deviceID, host string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.routes == nil || len(c.routes) >= maxRoutes {
+		c.routes = make(map[string]string)
+	}
+	c.routes[deviceID] = host
+}
+
 // OpenStream opens a stream named name to device deviceID over the
 // session and returns at once, without waiting for the hub: the hub's
 // refusal, or the device's rejection, is the error of the stream's first
@@ -193,13 +299,9 @@ func (c *SessionClient) session(ctx context.Context) (*clientSession, error) {
 // the stream is refused. ctx bounds the wait for a session only.
 func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (Stream, error) {
 	op := fmt.Sprintf("open stream %q to device %q", name, deviceID)
-	s, err := c.session(ctx)
+	s, err := c.route(ctx, deviceID)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
-	}
-	st, err := s.mux.OpenStream()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %v", op, ErrSessionLost, err)
 	}
 	req := wire.OpenStream{DeviceID: deviceID, Name: name}
 	if c.cfg.ConnectTimeout > 0 {
@@ -208,28 +310,58 @@ func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (
 	if c.cfg.ResponseTimeout > 0 {
 		req.ResponseTimeout = seconds(c.cfg.ResponseTimeout)
 	}
-	if err := wire.WriteMessage(st, &req); err != nil {
-		st.Close()
-		return nil, fmt.Errorf("%s: %w: %v", op, ErrSessionLost, err)
+	st, err := openOn(s, &req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	return newSessionConn(st, s.local, s.remote, func() error {
+	answer := func(st *yamux.Stream) (string, error) {
 		var res wire.OpenResult
 		if err := wire.ReadMessage(st, &res); err != nil {
 			switch {
 			case errors.Is(err, yamux.ErrTimeout):
-				return err
+				return "", err
 			case st.Session().IsClosed():
-				return fmt.Errorf("%s: %w", op, ErrSessionLost)
+				return "", fmt.Errorf("%s: %w", op, ErrSessionLost)
 			}
-			return fmt.Errorf("%s: no answer from the hub: %w", op, err)
+			return "", fmt.Errorf("%s: no answer from the hub: %w", op, err)
 		}
 		switch {
+		case res.Status == wire.StatusRedirect && res.Replica != "":
+			return res.Replica, nil
 		case res.Status != http.StatusOK:
-			return &HubError{Op: op, StatusCode: res.Status, Code: res.ErrorCode, Message: res.Message,
+			return "", &HubError{Op: op, StatusCode: res.Status, Code: res.ErrorCode, Message: res.Message,
 				RetryAfter: time.Duration(max(res.RetryAfter, 0)) * time.Second}
 		case !res.Accepted:
-			return &RejectedError{DeviceID: deviceID, Name: name, Reason: orDefault(res.Reason, "no reason given")}
+			return "", &RejectedError{DeviceID: deviceID, Name: name, Reason: orDefault(res.Reason, "no reason given")}
 		}
-		return nil
-	}), nil
+		return "", nil
+	}
+	reopen := func(host string) (*yamux.Stream, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, err := c.sessionAt(ctx, host)
+		if err != nil {
+			return nil, fmt.Errorf("%s: the device is on hub replica %s: %w", op, host, err)
+		}
+		st, err := openOn(s, &req)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		c.remember(deviceID, host)
+		return st, nil
+	}
+	return newSessionConn(st, s.local, s.remote, answer, reopen), nil
+}
+
+// openOn opens a session stream on s and writes its OpenStream.
+func openOn(s *clientSession, req *wire.OpenStream) (*yamux.Stream, error) {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSessionLost, err)
+	}
+	if err := wire.WriteMessage(st, req); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("%w: %v", ErrSessionLost, err)
+	}
+	return st, nil
 }

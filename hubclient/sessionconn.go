@@ -40,10 +40,23 @@ const closeWriteTimeout = 5 * time.Second
 // a yamux stream. On the service side the hub's OpenResult comes first;
 // open reads it before the first frame.
 type sessionConn struct {
-	st     *yamux.Stream
+	st     atomic.Pointer[yamux.Stream] // replaced once per redirect
 	local  net.Addr
 	remote net.Addr
-	open   func() error // reads the hub's answer; nil once read or on the device side
+
+	// answer reads the hub's answer to the opening: "" once the device
+	// accepted, or the host:port of the hub replica that holds the device
+	// (a redirect), on which reopen opens the stream again. Both are nil
+	// on the device side; answer is set to nil once accepted (readMu).
+	answer   func(*yamux.Stream) (string, error)
+	reopen   func(host string) (*yamux.Stream, error)
+	answered atomic.Bool
+	// decided is closed once the answer is final: accepted, or failed
+	// with decidedErr.
+	decided    chan struct{}
+	decidedErr error
+	// The deadlines last set, for the stream a redirect opens.
+	readDeadline, writeDeadline atomic.Pointer[time.Time]
 
 	closed atomic.Bool
 
@@ -53,13 +66,35 @@ type sessionConn struct {
 
 	writeMu     sync.Mutex
 	writeClosed bool
+	// pending holds the frames written before the answer (up to
+	// maxPending bytes), which a redirect replays on the new stream; the
+	// first write after the answer drops them.
+	pending []byte
 
 	closeOnce sync.Once
 }
 
-func newSessionConn(st *yamux.Stream, local, remote net.Addr, open func() error) *sessionConn {
-	return &sessionConn{st: st, local: local, remote: remote, open: open}
+// maxPending bounds the bytes a service stream keeps for a redirect;
+// beyond them, writes wait for the hub's answer.
+const maxPending = 64 << 10
+
+// maxRedirects bounds the redirects of one stream (a device that moves
+// between replicas while the stream opens).
+const maxRedirects = 3
+
+func newSessionConn(st *yamux.Stream, local, remote net.Addr, answer func(*yamux.Stream) (string, error), reopen func(string) (*yamux.Stream, error)) *sessionConn {
+	c := &sessionConn{local: local, remote: remote, answer: answer, reopen: reopen}
+	c.st.Store(st)
+	c.answered.Store(answer == nil)
+	c.decided = make(chan struct{})
+	if answer == nil {
+		close(c.decided)
+	}
+	return c
 }
+
+// stream is the yamux stream in use.
+func (c *sessionConn) stream() *yamux.Stream { return c.st.Load() }
 
 // Read reads stream bytes.
 func (c *sessionConn) Read(p []byte) (int, error) {
@@ -79,7 +114,7 @@ func (c *sessionConn) Read(p []byte) (int, error) {
 			return 0, nil
 		}
 	}
-	n, err := c.st.Read(p[:min(len(p), c.left)])
+	n, err := c.stream().Read(p[:min(len(p), c.left)])
 	c.left -= n
 	if err != nil {
 		err = c.fail(err)
@@ -93,7 +128,7 @@ func (c *sessionConn) Read(p []byte) (int, error) {
 // (a deadline excepted) and returns. readMu is held and left is 0.
 func (c *sessionConn) nextFrame() error {
 	var h [wire.FrameHeaderSize]byte
-	if _, err := io.ReadFull(c.st, h[:]); err != nil {
+	if _, err := io.ReadFull(c.stream(), h[:]); err != nil {
 		return c.fail(err)
 	}
 	typ, n, err := wire.ParseFrameHeader(h[:])
@@ -107,7 +142,7 @@ func (c *sessionConn) nextFrame() error {
 		return io.EOF
 	case wire.FrameClose:
 		b := make([]byte, n)
-		if _, err := io.ReadFull(c.st, b); err != nil {
+		if _, err := io.ReadFull(c.stream(), b); err != nil {
 			return c.fail(err)
 		}
 		code, reason, err := wire.ParseClose(b)
@@ -159,7 +194,7 @@ func (c *sessionConn) WriteTo(w io.Writer) (int64, error) {
 		}
 		bp := wire.FrameBuffer()
 		buf := (*bp)[:c.left]
-		n, err := io.ReadFull(c.st, buf)
+		n, err := io.ReadFull(c.stream(), buf)
 		c.left -= n
 		if n > 0 {
 			m, werr := w.Write(buf[:n])
@@ -187,24 +222,94 @@ func (c *sessionConn) WriteTo(w io.Writer) (int64, error) {
 func (c *sessionConn) Handshake() error {
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
-	if c.readErr != nil && c.open != nil {
+	if c.readErr != nil && c.answer != nil {
 		return c.readErr
 	}
-	return c.handshake()
-}
-
-// handshake runs open once; readMu is held.
-func (c *sessionConn) handshake() error {
-	if c.open == nil {
-		return nil
-	}
-	if err := c.open(); err != nil {
-		if !errors.Is(err, yamux.ErrTimeout) {
-			c.readErr = err
-		}
+	if err := c.handshake(); err != nil {
 		return err
 	}
-	c.open = nil
+	return c.decidedErr
+}
+
+// awaitAnswer waits for the hub's final answer for a Write: it reads it
+// unless a Read is at it (or past it) already. readMu must not be held.
+func (c *sessionConn) awaitAnswer() error {
+	for {
+		if c.readMu.TryLock() {
+			err := c.handshake()
+			if err == nil {
+				err = c.decidedErr
+			}
+			c.readMu.Unlock()
+			return err
+		}
+		select {
+		case <-c.decided:
+			return c.decidedErr
+		case <-time.After(50 * time.Millisecond):
+			// The reader may have given up on a deadline: try again.
+		}
+	}
+}
+
+// handshake reads the hub's answer once, following redirects; readMu is
+// held.
+func (c *sessionConn) handshake() error {
+	for redirects := 0; c.answer != nil; redirects++ {
+		host, err := c.answer(c.stream())
+		if err == nil && host != "" {
+			if redirects >= maxRedirects {
+				err = fmt.Errorf("open stream: redirected more than %d times: the device keeps moving between hub replicas", maxRedirects)
+			} else {
+				err = c.redirect(host)
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, yamux.ErrTimeout) {
+				c.readErr = err
+				c.answer, c.reopen = nil, nil
+				c.decidedErr = err
+				close(c.decided)
+			}
+			return err
+		}
+		if host == "" {
+			// The next write drops pending: taking writeMu here could wait
+			// for a write that waits for this side to read.
+			c.answer, c.reopen = nil, nil
+			c.answered.Store(true)
+			close(c.decided)
+		}
+	}
+	return nil
+}
+
+// redirect opens the stream again on the replica at host and replays
+// what was written so far.
+func (c *sessionConn) redirect(host string) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	st, err := c.reopen(host)
+	if err != nil {
+		return err
+	}
+	if len(c.pending) > 0 {
+		if _, err := st.Write(c.pending); err != nil {
+			st.Close()
+			return c.writeErr(err)
+		}
+	}
+	if t := c.readDeadline.Load(); t != nil {
+		_ = st.SetReadDeadline(*t)
+	}
+	if t := c.writeDeadline.Load(); t != nil {
+		_ = st.SetWriteDeadline(*t)
+	}
+	c.st.Swap(st).Close()
+	if c.closed.Load() {
+		st.Close()
+		return net.ErrClosed
+	}
 	return nil
 }
 
@@ -217,7 +322,7 @@ func (c *sessionConn) fail(err error) error {
 		err = net.ErrClosed
 	case errors.Is(err, yamux.ErrTimeout), errors.As(err, &ne) && ne.Timeout():
 		return err // a read deadline: the stream goes on
-	case errors.Is(err, yamux.ErrSessionShutdown), c.st.Session().IsClosed():
+	case errors.Is(err, yamux.ErrSessionShutdown), c.stream().Session().IsClosed():
 		err = fmt.Errorf("read stream: %w", ErrSessionLost)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, yamux.ErrConnectionReset):
 		// The stream ended without a close frame: its far end is gone.
@@ -236,6 +341,18 @@ func (c *sessionConn) Write(p []byte) (int, error) {
 	if c.writeClosed || c.closed.Load() {
 		return 0, ErrStreamClosed
 	}
+	if !c.answered.Load() && len(c.pending)+len(p)+wire.FrameHeaderSize*(len(p)/wire.MaxFramePayload+1) > maxPending {
+		// Kept data would outgrow maxPending: wait for the answer.
+		c.writeMu.Unlock()
+		err := c.awaitAnswer()
+		c.writeMu.Lock()
+		if err != nil {
+			return 0, err
+		}
+		if c.writeClosed || c.closed.Load() {
+			return 0, ErrStreamClosed
+		}
+	}
 	bp := wire.FrameBuffer()
 	defer wire.PutFrameBuffer(bp)
 	n := 0
@@ -244,13 +361,27 @@ func (c *sessionConn) Write(p []byte) (int, error) {
 		buf := (*bp)[:wire.FrameHeaderSize+k]
 		wire.PutFrameHeader(buf, wire.FrameData, k)
 		copy(buf[wire.FrameHeaderSize:], p[:k])
-		if _, err := c.st.Write(buf); err != nil {
-			return n, c.writeErr(err)
+		if err := c.writeFrames(buf); err != nil {
+			return n, err
 		}
 		n += k
 		p = p[k:]
 	}
 	return n, nil
+}
+
+// writeFrames writes whole frames, keeping them for a redirect until the
+// hub has answered; writeMu is held.
+func (c *sessionConn) writeFrames(b []byte) error {
+	if !c.answered.Load() {
+		c.pending = append(c.pending, b...)
+	} else if c.pending != nil {
+		c.pending = nil
+	}
+	if _, err := c.stream().Write(b); err != nil {
+		return c.writeErr(err)
+	}
+	return nil
 }
 
 func (c *sessionConn) writeErr(err error) error {
@@ -273,8 +404,8 @@ func (c *sessionConn) CloseWrite() error {
 	c.writeClosed = true
 	var h [wire.FrameHeaderSize]byte
 	wire.PutFrameHeader(h[:], wire.FrameFin, 0)
-	if _, err := c.st.Write(h[:]); err != nil {
-		return fmt.Errorf("half-close stream: %w", c.writeErr(err))
+	if err := c.writeFrames(h[:]); err != nil {
+		return fmt.Errorf("half-close stream: %w", err)
 	}
 	return nil
 }
@@ -296,17 +427,19 @@ func (c *sessionConn) Abort() error {
 // as lost); then it closes the yamux stream and wakes a waiting Read.
 func (c *sessionConn) closeWith(code int, reason string) error {
 	c.closeOnce.Do(func() {
+		st := c.stream()
 		if c.writeMu.TryLock() {
 			c.closed.Store(true)
-			_ = c.st.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
-			_, _ = c.st.Write(wire.AppendClose(nil, code, reason))
+			st = c.stream()
+			_ = st.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
+			_, _ = st.Write(wire.AppendClose(nil, code, reason))
 			c.writeMu.Unlock()
 		} else {
 			c.closed.Store(true)
-			_ = c.st.SetWriteDeadline(time.Now())
+			_ = st.SetWriteDeadline(time.Now())
 		}
-		_ = c.st.Close()
-		_ = c.st.SetReadDeadline(time.Now())
+		_ = st.Close()
+		_ = st.SetReadDeadline(time.Now())
 	})
 	return nil
 }
@@ -319,10 +452,20 @@ func (c *sessionConn) RemoteAddr() net.Addr { return c.remote }
 
 // SetDeadline sets the read and write deadlines: unlike [Conn]'s, they
 // do not end the stream.
-func (c *sessionConn) SetDeadline(t time.Time) error { return c.st.SetDeadline(t) }
+func (c *sessionConn) SetDeadline(t time.Time) error {
+	c.readDeadline.Store(&t)
+	c.writeDeadline.Store(&t)
+	return c.stream().SetDeadline(t)
+}
 
 // SetReadDeadline sets the read deadline.
-func (c *sessionConn) SetReadDeadline(t time.Time) error { return c.st.SetReadDeadline(t) }
+func (c *sessionConn) SetReadDeadline(t time.Time) error {
+	c.readDeadline.Store(&t)
+	return c.stream().SetReadDeadline(t)
+}
 
 // SetWriteDeadline sets the write deadline.
-func (c *sessionConn) SetWriteDeadline(t time.Time) error { return c.st.SetWriteDeadline(t) }
+func (c *sessionConn) SetWriteDeadline(t time.Time) error {
+	c.writeDeadline.Store(&t)
+	return c.stream().SetWriteDeadline(t)
+}

@@ -5,7 +5,9 @@
 #                             for $FUZZTIME, and the end-to-end tests with real
 #                             OpenSSH (scripts/e2e-ssh.sh, then the faults:
 #                             scripts/e2e-faults.sh), and through a real
-#                             HTTP proxy (scripts/e2e-proxy.sh, tinyproxy)
+#                             HTTP proxy (scripts/e2e-proxy.sh, tinyproxy),
+#                             and of hub replicas on PostgreSQL and NATS
+#                             (scripts/e2e-cluster.sh)
 #   scripts/test.sh --quick   the same without fuzzing, and go test -short
 #
 # Environment:
@@ -207,6 +209,28 @@ E2E_SKIPPED=0
 step "e2e behind a proxy (scripts/e2e-proxy.sh)" e2e_proxy
 if [[ $E2E_SKIPPED != 0 ]]; then
 	SUMMARY[-1]="SKIP  e2e behind a proxy: $E2E_SKIPPED"
+fi
+
+# e2e_cluster: scripts/e2e-cluster.sh needs OpenSSH and PostgreSQL.
+e2e_cluster() {
+	if ! pg_bindir >/dev/null; then
+		local msg="PostgreSQL not found: install it with: apt-get install -y postgresql-15"
+		if [[ ${DSPROXY_REQUIRE_POSTGRES:-} == 1 ]]; then
+			echo "FAIL: $msg (DSPROXY_REQUIRE_POSTGRES=1: the replica test is required)"
+			return 1
+		fi
+		printf '\n!!! SKIP: e2e of hub replicas NOT RUN: %s\n' "$msg"
+		E2E_SKIPPED=$msg
+		return 0
+	fi
+	e2e scripts/e2e-cluster.sh
+}
+E2E_SKIPPED=0
+step "e2e hub replicas (scripts/e2e-cluster.sh)" e2e_cluster
+if [[ $E2E_SKIPPED == 1 ]]; then
+	SUMMARY[-1]="SKIP  e2e hub replicas: sshd/ssh not installed (apt-get install -y openssh-server openssh-client)"
+elif [[ $E2E_SKIPPED != 0 ]]; then
+	SUMMARY[-1]="SKIP  e2e hub replicas: $E2E_SKIPPED"
 fi
 
 printf '\n==> summary (%ds)\n' "$((SECONDS - START))"

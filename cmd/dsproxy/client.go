@@ -40,6 +40,11 @@ func clientFlags() []cli.Flag {
 			Usage:   "PEM `FILE` of the CA that signed the hub's certificate (the hub's DATA_DIR/tls/ca.pem); default: the system's roots, or " + defaultDataDir + "/tls/ca.pem when present",
 			EnvVars: []string{"DSPROXY_CA_FILE"},
 		},
+		&cli.StringSliceFlag{
+			Name:    "hub",
+			Usage:   "`HOST:PORT` of a hub replica to connect to instead of the connection string's HostName (repeatable or comma-separated: the client stays with one until it cannot be reached, then moves to the next; tokens are still signed for HostName)",
+			EnvVars: []string{"DSPROXY_HUB"},
+		},
 		&cli.BoolFlag{
 			Name:    "insecure-skip-tls-verify",
 			Usage:   "DANGEROUS, for development only: accept any certificate from the hub",
@@ -96,4 +101,17 @@ func clientTLS(c *cli.Context, log zerolog.Logger) (*tls.Config, error) {
 	}
 	log.Debug().Str("file", file).Msg("trusting the hub's CA")
 	return cfg, nil
+}
+
+// hubList returns the --hub addresses, split at commas.
+func hubList(c *cli.Context) []string {
+	var out []string
+	for _, v := range c.StringSlice("hub") {
+		for _, h := range strings.Split(v, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				out = append(out, h)
+			}
+		}
+	}
+	return out
 }

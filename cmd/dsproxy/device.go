@@ -66,6 +66,7 @@ func runDevice(c *cli.Context) error {
 	}
 	return runDeviceAgent(c.Context, deviceOptions{
 		connStr: connStr,
+		hubs:    hubList(c),
 		tlsCfg:  tlsCfg,
 		targets: targets,
 		log:     log,
@@ -78,6 +79,7 @@ func runDevice(c *cli.Context) error {
 // deviceOptions is what runDeviceAgent needs.
 type deviceOptions struct {
 	connStr string
+	hubs    []string // hub replicas instead of the connection string's HostName
 	tlsCfg  *tls.Config
 	targets []tunnel.Target
 	log     zerolog.Logger
@@ -94,6 +96,7 @@ func runDeviceAgent(ctx context.Context, o deviceOptions) error {
 	var proxy *tunnel.Device
 	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{
 		ConnectionString:       o.connStr,
+		Hubs:                   o.hubs,
 		TLSConfig:              o.tlsCfg,
 		KeepAliveInterval:      o.keepAlive,
 		ConnectionWriteTimeout: o.keepAliveTimeout,

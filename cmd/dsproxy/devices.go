@@ -171,5 +171,5 @@ func serviceConfig(c *cli.Context) (hubclient.ServiceConfig, error) {
 	if err != nil {
 		return hubclient.ServiceConfig{}, err
 	}
-	return hubclient.ServiceConfig{ConnectionString: cs, TLSConfig: tlsCfg, Logger: log}, nil
+	return hubclient.ServiceConfig{ConnectionString: cs, Hubs: hubList(c), TLSConfig: tlsCfg, Logger: log}, nil
 }

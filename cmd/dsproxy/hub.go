@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -30,6 +31,14 @@ stream events) lives in that PostgreSQL database instead of DATA_DIR/registry.db
 so that hub replicas can share it; the database must exist, and the hub creates
 its tables. The first start is then the first on that database.
 
+With --nats nats://... as well, the hub is one replica of several: replicas
+route stream requests over NATS to the replica that holds the device's session,
+which answers with a stream URL on itself, and the newest session of a device
+wins across replicas. Each replica must advertise its own address (--hostname
+or --advertise) and serve a certificate valid for it; --public-addr puts the
+name all replicas share into connection strings, and every replica must accept
+it (--hostname). See docs/scaling.md.
+
 Example:
    dsproxy hub --listen :8443 --hostname hub.example.com`,
 		Flags: append(logFlags(),
@@ -37,6 +46,8 @@ Example:
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "`DIR` for the registry, keys and TLS material", EnvVars: []string{"DSPROXY_DATA_DIR"}},
 			&cli.StringSliceFlag{Name: "hostname", Usage: "`NAME` clients use to reach the hub (repeatable; the first goes into connection strings and stream URLs); default: this machine's host name and localhost", EnvVars: []string{"DSPROXY_HOSTNAME"}},
 			&cli.StringFlag{Name: "registry", Usage: "`URL` of a PostgreSQL database to keep the registry in, as postgres://user:password@host:5432/dsproxy (default: SQLite in --data-dir)", EnvVars: []string{"DSPROXY_REGISTRY"}},
+			&cli.StringFlag{Name: "nats", Usage: "`URLS` of the NATS servers (comma-separated nats://host:4222) that hub replicas route stream requests through; needs --registry (default: a single hub, no NATS)", EnvVars: []string{"DSPROXY_NATS"}},
+			&cli.StringFlag{Name: "public-addr", Usage: "`HOST:PORT` to put in connection strings instead of --advertise: the name all hub replicas share (load balancer or DNS), while each replica's stream URLs keep its own address; tokens for it are accepted", EnvVars: []string{"DSPROXY_PUBLIC_ADDR"}},
 			&cli.StringFlag{Name: "advertise", Usage: "`HOST:PORT` to put in stream URLs and connection strings when clients reach the hub through another address (load balancer, port mapping)", EnvVars: []string{"DSPROXY_ADVERTISE"}},
 			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate `FILE` to serve instead of the generated one", EnvVars: []string{"DSPROXY_TLS_CERT"}},
 			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key `FILE` of --tls-cert", EnvVars: []string{"DSPROXY_TLS_KEY"}},
@@ -75,6 +86,7 @@ func runHub(c *cli.Context) error {
 		cfg.HostNames = defaultHostNames()
 	}
 	cfg.AdvertiseAddr = c.String("advertise")
+	cfg.PublicAddr = c.String("public-addr")
 	cfg.TLSCertFile, cfg.TLSKeyFile = c.String("tls-cert"), c.String("tls-key")
 	cfg.HandshakeTimeout = c.Duration("handshake-timeout")
 	cfg.KeepAliveInterval = c.Duration("keepalive")
@@ -90,6 +102,10 @@ func runHub(c *cli.Context) error {
 	cfg.EventRetention = c.Duration("event-retention")
 	cfg.MaxEvents = c.Int("max-events")
 	cfg.Logger = log
+	cfg.NATS = c.String("nats")
+	if cfg.NATS != "" && c.String("registry") == "" {
+		return errors.New("--nats needs --registry: hub replicas must share a PostgreSQL registry")
+	}
 
 	if u := c.String("registry"); u != "" {
 		ctx, cancel := context.WithTimeout(c.Context, registryOpenTimeout)

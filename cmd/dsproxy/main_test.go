@@ -115,6 +115,9 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 		{"bad log level", []string{"devices", "list", "--log-level", "loud"}, "--log-level"},
 		{"bad target", []string{"device", "--connection-string", "x", "--target", "ssh=localhost"}, "[name=]host:port"},
 		{"device without its own connection string", []string{"device", "--target", "localhost:22"}, "a device needs its own connection string"},
+		{"nats without a shared registry", []string{"hub", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--nats", "nats://127.0.0.1:1"}, "--nats needs --registry"},
+		{"bad hub address", []string{"devices", "list", "--connection-string", h.OwnerConnectionString, "--ca-file", ca, "--hub", "a/b"}, `hub address "a/b"`},
+		{"unreachable hub replicas", []string{"devices", "list", "--connection-string", h.OwnerConnectionString, "--ca-file", ca, "--hub", dsproxytest.ClosedPort(t) + "," + dsproxytest.ClosedPort(t)}, "connection refused"},
 		{"bad mode", []string{"service", "--connection-string", h.OwnerConnectionString, "--ca-file", ca, "--device-id", "d1", "--listen", "127.0.0.1:0", "--mode", "fast"}, "--mode \"fast\": want session or per-stream"},
 	}
 	for _, tt := range tests {

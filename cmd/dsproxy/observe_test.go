@@ -85,20 +85,25 @@ func TestStreamsAndLogs(t *testing.T) {
 		t.Fatal("stream to an unregistered device opened")
 	}
 
-	out, _, err = run(t, append([]string{"logs", "--device", "pi-1", "--json"}, flags...)...)
 	var es []map[string]any
-	if err != nil || json.Unmarshal([]byte(out), &es) != nil || len(es) != 1 {
+	dsproxytest.Eventually(t, "logs to show pi-1's event", func() bool {
+		out, _, err = run(t, append([]string{"logs", "--device", "pi-1", "--json"}, flags...)...)
+		return err == nil && json.Unmarshal([]byte(out), &es) == nil && len(es) > 0
+	})
+	if len(es) != 1 {
 		t.Fatalf("logs --device pi-1 --json printed %q (%v)", out, err)
 	}
 	if e := es[0]; e["deviceId"] != "pi-1" || e["result"] != "ended" || e["bytesUp"] != 2048.0 || e["bytesDown"] != 2048.0 || e["name"] != "ssh" {
 		t.Errorf("logs --json event %v", e)
 	}
 
-	out, _, err = run(t, append([]string{"logs", "--since", "1h"}, flags...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimSpace(out), "\n")
+	// Events are written in the background: wait for the ghost's.
+	var lines []string
+	dsproxytest.Eventually(t, "logs to show both events", func() bool {
+		out, _, err = run(t, append([]string{"logs", "--since", "1h"}, flags...)...)
+		lines = strings.Split(strings.TrimSpace(out), "\n")
+		return err == nil && len(lines) >= 3
+	})
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], "TIME") || !strings.Contains(lines[1], "ghost") || !strings.Contains(lines[2], "pi-1") {
 		t.Fatalf("logs printed, want a header, ghost's event then pi-1's:\n%s", out)
 	}

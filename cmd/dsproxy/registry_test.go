@@ -83,6 +83,17 @@ func startHubCommand(t *testing.T, dataDir string, args ...string) *runningHub {
 	return h
 }
 
+// serving waits until the hub answers a request.
+func serving(t *testing.T, h *runningHub) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
+	defer cancel()
+	dsproxytest.Eventually(t, "the hub to serve", func() bool {
+		_, err := h.Service.Hub(ctx)
+		return err == nil
+	})
+}
+
 // stop ends the hub and waits for it. It is idempotent.
 func (h *runningHub) stop(t *testing.T) {
 	t.Helper()
@@ -128,6 +139,7 @@ func TestHubRegistryPostgres(t *testing.T) {
 	echo := dsproxytest.Echo(t)
 
 	h1 := startHubCommand(t, t.TempDir(), "--registry", pg)
+	serving(t, h1) // the first-start text is printed before the hub serves
 	if !strings.Contains(h1.stdout.String(), "first start") {
 		t.Errorf("the first hub on an empty database printed %q, want the first-start message", h1.stdout)
 	}
@@ -146,6 +158,7 @@ func TestHubRegistryPostgres(t *testing.T) {
 	// The URL from a --config file this time (DSPROXY_REGISTRY is
 	// checked with every flag's variable).
 	h2 := startHubCommand(t, t.TempDir(), "--config", writeConfig(t, "registry: \""+pg+"\"\n"))
+	serving(t, h2)
 	if strings.Contains(h2.stdout.String(), "first start") {
 		t.Errorf("a hub on a database that has its policies printed %q", h2.stdout)
 	}

@@ -76,8 +76,8 @@ func TestPostgresConcurrentMigrate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n != 1 || v != 1 {
-			t.Fatalf("round %d: schema_version has %d rows, version %d; want 1 row, version 1", i, n, v)
+		if n != 1 || v != 2 {
+			t.Fatalf("round %d: schema_version has %d rows, version %d; want 1 row, version 2", i, n, v)
 		}
 	}
 }

@@ -196,8 +196,44 @@ type Store interface {
 	// olderThan sets no age bound; keep <= 0 sets no count bound.
 	PruneStreamEvents(ctx context.Context, olderThan time.Time, keep int) (int, error)
 
+	// ClaimSession records that replica now holds device's newest control
+	// session and returns that session's epoch: one more than the last
+	// epoch the device had (1 for its first), atomically, so concurrent
+	// claims of one device get distinct epochs and the highest is the
+	// newest. Hub replicas sharing a registry use it to agree on which
+	// session wins (see [DeviceSession]).
+	ClaimSession(ctx context.Context, deviceID, replica string) (int64, error)
+	// ReleaseSession records that the device's session of the given epoch
+	// ended. It changes nothing and returns false when a newer session has
+	// claimed the device since.
+	ReleaseSession(ctx context.Context, deviceID string, epoch int64) (bool, error)
+	// ReleaseReplica records that every session replica held has ended
+	// (a replica that restarts holds none) and returns how many it found.
+	ReleaseReplica(ctx context.Context, replica string) (int, error)
+	// GetSession returns the device's last claimed session, live
+	// (Replica set) or released (Replica ""), or ErrNotFound if the device
+	// never claimed one.
+	GetSession(ctx context.Context, deviceID string) (DeviceSession, error)
+	// ReplicaSessions returns the live sessions recorded for replica,
+	// ordered by device ID.
+	ReplicaSessions(ctx context.Context, replica string) ([]DeviceSession, error)
+
 	// Close releases the store. Calls made after Close fail.
 	Close() error
+}
+
+// DeviceSession is the record of a device's newest control session,
+// shared by the hub replicas of one registry.
+type DeviceSession struct {
+	DeviceID string
+	// Epoch numbers the device's sessions: each claim takes the next one,
+	// and it never goes back, not even after a release.
+	Epoch int64
+	// Replica names the replica that holds the session (its advertised
+	// host:port), or is "" once the session was released.
+	Replica string
+	// Since is when the session was claimed.
+	Since time.Time
 }
 
 // isText reports whether s is UTF-8 without NUL bytes: a string every

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math/big"
+	mrand "math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -59,6 +60,17 @@ var migrations = [][]string{
 		)`,
 		`CREATE INDEX stream_events_started ON stream_events (started, id)`,
 		`CREATE INDEX stream_events_device ON stream_events (device_id, started, id)`,
+	},
+	// Version 2: where each device's newest control session is held (see
+	// sessions.go). A row outlives its session so that epochs never go back.
+	{
+		`CREATE TABLE device_sessions (
+			device_id TEXT    NOT NULL COLLATE BINARY PRIMARY KEY,
+			epoch     INTEGER NOT NULL,
+			replica   TEXT    NOT NULL,
+			since     INTEGER NOT NULL
+		)`,
+		`CREATE INDEX device_sessions_replica ON device_sessions (replica, device_id)`,
 	},
 }
 
@@ -124,7 +136,7 @@ func OpenSQLite(path string) (Store, error) {
 	}
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
-	if err := migrate(context.Background(), w); err != nil {
+	if err := migrateRetrying(w); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("open sqlite registry: %w", err)
 	}
@@ -160,6 +172,24 @@ func chmodFiles(path string) error {
 	}
 	return nil
 }
+
+// migrateRetrying runs migrate, again while SQLite answers busy without
+// waiting for its busy timeout (it does so when processes that open one
+// new database at once race to switch it to WAL mode), for up to 10 s.
+func migrateRetrying(db *sql.DB) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := migrate(context.Background(), db)
+		var se interface{ Code() int }
+		if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqliteBusy || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(time.Duration(10+mrand.IntN(40)) * time.Millisecond)
+	}
+}
+
+// sqliteBusy is SQLite's primary result code SQLITE_BUSY.
+const sqliteBusy = 5
 
 // migrate applies the migrations the database has not seen yet, in one
 // transaction, and records the new version in schema_version.

@@ -132,8 +132,8 @@ func TestSQLiteSchemaVersion(t *testing.T) {
 	if err := db.QueryRow(`SELECT COUNT(*), MAX(version) FROM schema_version`).Scan(&n, &v); err != nil {
 		t.Fatal(err)
 	}
-	if n != 1 || v != 1 {
-		t.Errorf("schema_version has %d rows, version %d; want 1 row, version 1", n, v)
+	if n != 1 || v != 2 {
+		t.Errorf("schema_version has %d rows, version %d; want 1 row, version 2", n, v)
 	}
 }
 

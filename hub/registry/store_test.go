@@ -41,6 +41,7 @@ func testStore(t *testing.T, fresh func(t testing.TB) opener) {
 		{"ConcurrentCreates", testConcurrentCreates},
 		{"NoKeysInErrors", testNoKeysInErrors},
 		{"Text", testText},
+		{"Sessions", testSessions},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,6 +57,7 @@ func testStore(t *testing.T, fresh func(t testing.TB) opener) {
 		{"Reopen", testReopen},
 		{"ConcurrentOpen", testConcurrentOpen},
 		{"TwoStores", testTwoStores},
+		{"ConcurrentClaims", testConcurrentClaims},
 	}
 	for _, tt := range shared {
 		t.Run(tt.name, func(t *testing.T) {
@@ -990,4 +992,96 @@ func streamIDs(es []registry.StreamEvent) []string {
 		ids = append(ids, e.StreamID)
 	}
 	return ids
+}
+
+func testSessions(t *testing.T, s registry.Store) {
+	ctx := testCtx(t)
+	if _, err := s.GetSession(ctx, "d1"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("GetSession of a device that never claimed one: %v, want ErrNotFound", err)
+	}
+	for want := int64(1); want <= 3; want++ {
+		e, err := s.ClaimSession(ctx, "d1", "10.0.0.1:443")
+		if err != nil || e != want {
+			t.Fatalf("ClaimSession #%d = %d, %v; want %d", want, e, err, want)
+		}
+	}
+	if ok, err := s.ReleaseSession(ctx, "d1", 2); err != nil || ok {
+		t.Fatalf("ReleaseSession of a replaced epoch = %v, %v; want false", ok, err)
+	}
+	ds, err := s.GetSession(ctx, "d1")
+	if err != nil || ds.Epoch != 3 || ds.Replica != "10.0.0.1:443" || ds.Since.IsZero() {
+		t.Fatalf("GetSession = %+v, %v; want epoch 3 live on 10.0.0.1:443", ds, err)
+	}
+	if ok, err := s.ReleaseSession(ctx, "d1", 3); err != nil || !ok {
+		t.Fatalf("ReleaseSession of the current epoch = %v, %v; want true", ok, err)
+	}
+	if ds, _ := s.GetSession(ctx, "d1"); ds.Replica != "" || ds.Epoch != 3 {
+		t.Fatalf("after release: %+v, want epoch 3 and no replica", ds)
+	}
+	// Epochs never go back, not even after a release.
+	if e, err := s.ClaimSession(ctx, "d1", "10.0.0.2:443"); err != nil || e != 4 {
+		t.Fatalf("ClaimSession after release = %d, %v; want 4", e, err)
+	}
+	for _, id := range []string{"d3", "d2", "a.*>$"} {
+		if _, err := s.ClaimSession(ctx, id, "10.0.0.1:443"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ReplicaSessions(ctx, "10.0.0.1:443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, ds := range got {
+		ids = append(ids, ds.DeviceID)
+	}
+	if want := []string{"a.*>$", "d2", "d3"}; !slices.Equal(ids, want) {
+		t.Fatalf("ReplicaSessions = %v, want %v (d1 moved to another replica)", ids, want)
+	}
+	if n, err := s.ReleaseReplica(ctx, "10.0.0.1:443"); err != nil || n != 3 {
+		t.Fatalf("ReleaseReplica = %d, %v; want 3", n, err)
+	}
+	if got, _ := s.ReplicaSessions(ctx, "10.0.0.1:443"); len(got) != 0 {
+		t.Fatalf("after ReleaseReplica: %v", got)
+	}
+	if ds, _ := s.GetSession(ctx, "d1"); ds.Replica != "10.0.0.2:443" {
+		t.Fatalf("ReleaseReplica released another replica's session: %+v", ds)
+	}
+	if _, err := s.ClaimSession(ctx, "d1", ""); err == nil {
+		t.Fatal("ClaimSession with no replica succeeded")
+	}
+	if _, err := s.ClaimSession(ctx, "bad\x00id", "r"); !errors.Is(err, registry.ErrInvalidText) {
+		t.Fatalf("ClaimSession of a NUL device ID: %v, want ErrInvalidText", err)
+	}
+}
+
+// testConcurrentClaims claims one device's session from several stores
+// on one database at once, as replicas do when a device reconnects in a
+// storm: every claim gets its own epoch.
+func testConcurrentClaims(t *testing.T, open opener) {
+	ctx := testCtx(t)
+	stores := []registry.Store{mustOpen(t, open), mustOpen(t, open), mustOpen(t, open)}
+	const n = 60
+	epochs := make([]int64, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			e, err := stores[i%len(stores)].ClaimSession(ctx, "storm", fmt.Sprintf("replica-%d", i%len(stores)))
+			if err != nil {
+				t.Errorf("claim %d: %v", i, err)
+			}
+			epochs[i] = e
+		})
+	}
+	wg.Wait()
+	slices.Sort(epochs)
+	for i, e := range epochs {
+		if e != int64(i+1) {
+			t.Fatalf("epochs = %v, want 1..%d each once", epochs, n)
+		}
+	}
+	ds, err := stores[0].GetSession(ctx, "storm")
+	if err != nil || ds.Epoch != n {
+		t.Fatalf("GetSession = %+v, %v; want epoch %d", ds, err, n)
+	}
 }

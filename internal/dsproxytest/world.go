@@ -35,6 +35,8 @@ const WaitTimeout = 20 * time.Second
 
 // Hub is a running hub and what a test needs to talk to it.
 type Hub struct {
+	ln *killableListener
+
 	Server  *hub.Server
 	Config  hub.Config
 	Addr    string // host:port of the listener
@@ -74,10 +76,18 @@ func NewHub(t testing.TB, configure ...func(*hub.Config)) *Hub {
 // StartHub starts a hub with cfg on 127.0.0.1:0; it stops at cleanup.
 func StartHub(t testing.TB, cfg hub.Config) *Hub {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return StartHubAt(t, cfg, "127.0.0.1:0")
+}
+
+// StartHubAt starts a hub with cfg listening on addr (port 0 for any); it
+// stops at cleanup.
+func StartHubAt(t testing.TB, cfg hub.Config, addr string) *Hub {
+	t.Helper()
+	inner, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln := newKillableListener(inner)
 	srv, err := hub.New(cfg, ln)
 	if err != nil {
 		ln.Close()
@@ -98,6 +108,7 @@ func StartHub(t testing.TB, cfg hub.Config) *Hub {
 		}
 	})
 	h := &Hub{
+		ln:                    ln,
 		Server:                srv,
 		Config:                cfg,
 		Addr:                  ln.Addr().String(),

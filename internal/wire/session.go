@@ -84,7 +84,15 @@ type OpenResult struct {
 	ErrorCode  int    `json:"errorCode,omitempty"`
 	Message    string `json:"message,omitempty"`
 	RetryAfter int    `json:"retryAfter,omitempty"`
+	// Replica, with Status StatusRedirect, is the host:port of the hub
+	// replica that holds the device's session: open the stream on a
+	// session to it.
+	Replica string `json:"replica,omitempty"`
 }
+
+// StatusRedirect is the OpenResult status of a stream to a device whose
+// session another hub replica holds (OpenResult.Replica).
+const StatusRedirect = 307
 
 // Frame types of a session stream.
 const (

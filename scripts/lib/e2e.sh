@@ -285,15 +285,16 @@ start_hub() {
 	return 1
 }
 
-# start_transfer NAME PORT DIR: runs `ssh ... 'cat /dev/zero'` through the
-# proxy on PORT in the background; when ssh ends, DIR/end holds the time
-# (ns) and DIR/rc its exit status. Sets TRANSFER_PID (ssh) and
-# TRANSFER_WRAPPER (the subshell that records); both are stopped by stop_all.
+# start_transfer NAME PORT DIR [COMMAND]: runs `ssh ... COMMAND` (default
+# 'cat /dev/zero') through the proxy on PORT in the background; when ssh
+# ends, DIR/end holds the time (ns) and DIR/rc its exit status. Sets
+# TRANSFER_PID (ssh) and TRANSFER_WRAPPER (the subshell that records); both
+# are stopped by stop_all.
 start_transfer() {
-	local name=$1 port=$2 dir=$3
+	local name=$1 port=$2 dir=$3 cmd=${4:-cat /dev/zero}
 	mkdir -p "$dir"
 	(
-		ssh "${SSH_OPTS[@]}" -p "$port" "$USER_NAME@127.0.0.1" 'cat /dev/zero' \
+		ssh "${SSH_OPTS[@]}" -p "$port" "$USER_NAME@127.0.0.1" "$cmd" \
 			</dev/null >/dev/null 2>"$LOGS/$name.err" &
 		echo "$!" >"$dir/pid"
 		rc=0
