@@ -86,6 +86,11 @@ var migrations = [][]string{
 type sqliteStore struct {
 	w, r *sql.DB
 
+	// Prepared on r: the reads every stream makes (the hub looks up the
+	// device, and a session stream its policy), which would otherwise
+	// parse their SQL each time.
+	getDevice, getPolicy *sql.Stmt
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -160,7 +165,23 @@ func OpenSQLite(path string) (Store, error) {
 		r.Close()
 		return nil, fmt.Errorf("open sqlite registry: %w", err)
 	}
-	return &sqliteStore{w: w, r: r}, nil
+	st := &sqliteStore{w: w, r: r}
+	if err := st.prepare(); err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("open sqlite registry: %w", err)
+	}
+	return st, nil
+}
+
+// prepare prepares the hot reads.
+func (s *sqliteStore) prepare() error {
+	var err error
+	if s.getDevice, err = s.r.Prepare(`SELECT ` + deviceColumns + ` FROM devices WHERE id = ?`); err != nil {
+		return err
+	}
+	s.getPolicy, err = s.r.Prepare(`SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?`)
+	return err
 }
 
 // chmodFiles makes the database file and any -wal and -shm files mode 0600.
@@ -248,7 +269,7 @@ func (s *sqliteStore) GetDevice(ctx context.Context, id string) (Device, error) 
 	if !isText(id) {
 		return Device{}, fmt.Errorf("get device %q: %w", id, ErrNotFound)
 	}
-	d, err := scanDevice(s.r.QueryRowContext(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = ?`, id))
+	d, err := scanDevice(s.getDevice.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("get device %q: %w", id, ErrNotFound)
 	}
@@ -396,8 +417,7 @@ func (s *sqliteStore) GetPolicy(ctx context.Context, name string) (Policy, error
 		return Policy{}, fmt.Errorf("get policy %q: %w", name, ErrNotFound)
 	}
 	var p Policy
-	err := s.r.QueryRowContext(ctx, `SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?`, name).
-		Scan(&p.Name, &p.PrimaryKey, &p.SecondaryKey, &p.Rights)
+	err := s.getPolicy.QueryRowContext(ctx, name).Scan(&p.Name, &p.PrimaryKey, &p.SecondaryKey, &p.Rights)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Policy{}, fmt.Errorf("get policy %q: %w", name, ErrNotFound)
 	}
@@ -604,7 +624,7 @@ func (s *sqliteStore) PruneStreamEvents(ctx context.Context, olderThan time.Time
 
 func (s *sqliteStore) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeErr = errors.Join(s.r.Close(), s.w.Close())
+		s.closeErr = errors.Join(s.getDevice.Close(), s.getPolicy.Close(), s.r.Close(), s.w.Close())
 	})
 	return s.closeErr
 }
