@@ -116,3 +116,52 @@ func TestKeepalive(t *testing.T) {
 		}
 	})
 }
+
+// TestWatch: Watch, Keepalive on timers, drops a silent peer within
+// interval+timeout (and a little) and keeps one that answers.
+func TestWatch(t *testing.T) {
+	const interval, timeout = 50 * time.Millisecond, 100 * time.Millisecond
+	t.Run("silent peer", func(t *testing.T) {
+		srv, _ := pair(t) // the client end never reads: no pong
+		nc := Conn(context.Background(), srv, nil)
+		mux, err := yamux.Server(nc, Config(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		w := Watch(mux, nc, interval, timeout)
+		select {
+		case <-mux.CloseChan():
+		case <-time.After(interval + timeout + 5*time.Second):
+			t.Fatal("silent peer not dropped")
+		}
+		if el := time.Since(start); el < interval+timeout || el > interval+timeout+2*time.Second {
+			t.Errorf("dropped after %s, want about %s", el, interval+timeout)
+		}
+		w.Stop()
+		if err := w.Err(); err != ErrPeerSilent {
+			t.Errorf("Err: %v, want ErrPeerSilent", err)
+		}
+	})
+	t.Run("answering peer", func(t *testing.T) {
+		srv, cli := pair(t)
+		nc := Conn(context.Background(), srv, nil)
+		mux, err := yamux.Server(nc, Config(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer, err := yamux.Client(Conn(context.Background(), cli, nil), Config(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := Watch(mux, nc, interval, timeout)
+		time.Sleep(10 * (interval + timeout))
+		if mux.IsClosed() || w.Err() != nil {
+			t.Fatalf("Watch gave up on a peer that answers: %v", w.Err())
+		}
+		peer.Close()
+		mux.Close()
+		w.Stop()
+		w.Stop() // idempotent
+	})
+}
