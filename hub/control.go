@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +19,7 @@ import (
 	"github.com/dsproxy/dsproxy/hub/registry"
 	"github.com/dsproxy/dsproxy/internal/sas"
 	"github.com/dsproxy/dsproxy/internal/wire"
+	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // session is a device's control session: a yamux client over the device's
@@ -39,14 +40,15 @@ type session struct {
 	active atomic.Int32
 	quiet  chan struct{}
 
-	// stop asks the session's handler to close it (replaced by a newer
-	// one, device revoked); closed by end.
-	stop    chan struct{}
-	endOnce sync.Once
+	// stop ends the wait of the session's goroutine with its reason
+	// (replaced by a newer session, device revoked, hub shutting down);
+	// set before the session is added, called by end.
+	stop context.CancelCauseFunc
 }
 
-// end asks the session's handler to close the session; it does not wait.
-func (c *session) end() { c.endOnce.Do(func() { close(c.stop) }) }
+// end asks the session's goroutine to close the session, for why; it does
+// not wait. Only the first reason counts.
+func (c *session) end(why error) { c.stop(why) }
 
 // errSessionGone reports a control session that ended while a request was
 // being delivered over it.
@@ -181,16 +183,27 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, http.StatusServiceUnavailable, &apiError{http.StatusServiceUnavailable, wire.CodeServiceUnavailable, "ServiceUnavailable", "hub is shutting down"})
 		return
 	}
-	defer s.conns.Done()
-
 	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
 	ctx, drop := context.WithCancel(s.ctx)
-	defer drop()
-	ws, mux, watched := s.acceptMux(ctx, w, r, wire.ControlSubprotocol, yamux.Client, sessLog)
-	if mux == nil {
+	ws, err := websocket.Accept(leanHijack{w}, r, &websocket.AcceptOptions{
+		Subprotocols:       []string{wire.ControlSubprotocol},
+		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
+	})
+	if err != nil {
+		sessLog.Debug().Err(err).Msg("session upgrade failed")
+		drop()
+		s.conns.Done()
 		return
 	}
-	defer watched()
+	nc := wsmux.Conn(ctx, ws, batcherOf(r))
+	// yamux's complaints say why a session broke: at debug.
+	mux, err := yamux.Client(nc, wsmux.Config(yamuxLogger(sessLog)))
+	if err != nil {
+		ws.CloseNow()
+		drop()
+		s.conns.Done()
+		return
+	}
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	c := &session{
 		deviceID: id,
@@ -199,20 +212,43 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		log:      sessLog,
 		token:    tok,
 		since:    time.Now(),
-		stop:     make(chan struct{}),
 		up:       make(chan struct{}),
 		inline:   slices.Contains(headerTokens(r.Header, wire.HeaderFeatures), wire.FeatureInline),
 		quiet:    make(chan struct{}, 1),
 	}
-	refusing := make(chan struct{})
+	// The session outlives the request (its context is the hub's), and
+	// this handler returns now: net/http's goroutine, its per-connection
+	// buffers and the request go (issue 6: an idle device's memory). The
+	// hub owns the session's goroutine and waits for it (s.conns).
 	go func() {
-		defer close(refusing)
-		c.refuseDeviceStreams()
+		defer s.conns.Done()
+		defer drop()
+		s.runSession(ctx, drop, c, nc)
 	}()
-	defer func() { <-refusing }() // it returns once mux.Close below has run
+}
+
+// Why a session's wait ends besides the session's own end (see end).
+var (
+	errSessionReplaced = errors.New("session replaced or revoked")
+	errHubStopping     = errors.New("hub shutting down")
+	errDeviceOpened    = errors.New("device opened a control stream")
+)
+
+// runSession serves the control session c over nc until it ends, ctx
+// (which drop cancels) ends, a newer session replaces it, the device is revoked or the hub
+// shuts down; then it closes it. Besides yamux's two loops, the session
+// costs this one goroutine: the keepalive runs on timers, and this
+// goroutine is the one that refuses streams the device opens.
+func (s *Server) runSession(ctx context.Context, drop context.CancelFunc, c *session, nc net.Conn) {
+	ws, mux := c.ws, c.mux
+	watch := wsmux.Watch(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
+	defer watch.Stop() // after mux.Close below
+	waitCtx, stopWait := context.WithCancelCause(ctx)
+	defer stopWait(nil)
+	c.stop = stopWait
 	if old := s.addSession(c); old != nil {
 		old.log.Info().Msg("device session replaced by a newer one")
-		old.end() // its streams go on: they have their own connections
+		old.end(errSessionReplaced) // its streams go on: they have their own connections
 	}
 	readyErr := c.ready()
 	if readyErr != nil {
@@ -222,16 +258,12 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		close(c.up)
 		c.log.Info().Msg("device connected")
 	}
-	var lost error
+	c.refuseDeviceStreams(waitCtx)
 	why := "session ended"
-	select {
-	case <-mux.CloseChan():
-	case <-c.stop:
-		why = "session replaced or revoked"
-	case <-s.stopping:
-		why = "hub shutting down"
-	case <-ctx.Done():
+	if cause := context.Cause(waitCtx); !mux.IsClosed() && cause != nil && ctx.Err() == nil {
+		why = cause.Error()
 	}
+	var lost error
 	if !mux.IsClosed() && c.active.Load() > 0 {
 		// Route nothing more here, but let the inline streams the session
 		// carries run to their end (a revocation or the end of the
@@ -245,6 +277,9 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		// or stream-open timeout, a broken connection.
 		if err := sessionErr(mux); readyErr == nil && !errors.Is(err, io.EOF) {
 			lost = err
+			if werr := watch.Err(); werr != nil {
+				lost = werr
+			}
 		}
 	}
 	// Unavailable at once, before the close handshake, which a frozen
@@ -264,10 +299,14 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 }
 
 // addSession makes c the device's current session and returns the one it
-// replaces, if any.
+// replaces, if any. A session added while the hub drains is ended at once
+// (drain ends those added before).
 func (s *Server) addSession(c *session) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closing {
+		c.end(errHubStopping)
+	}
 	old := s.sessions[c.deviceID]
 	s.sessions[c.deviceID] = c
 	s.metrics.sessionAdded(old != nil)

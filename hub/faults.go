@@ -165,7 +165,7 @@ func (s *Server) revoke(id string, keep func(*session) bool, why string) {
 	bad := func(c *session) bool { return c != nil && (keep == nil || !keep(c)) }
 	if c := s.sessionFor(id); bad(c) {
 		c.log.Info().Str("reason", why).Msg("closing device session")
-		c.end()
+		c.end(errSessionReplaced)
 	}
 	s.endStreams(func(st *stream) bool { return st.deviceID == id && bad(st.sess) }, end{
 		from: -1, code: websocket.StatusPolicyViolation, why: why, result: resultRevoked, reason: why,
@@ -228,6 +228,9 @@ func (s *Server) drain() {
 	}
 	s.closing = true
 	close(s.stopping)
+	for _, c := range s.sessions {
+		c.end(errHubStopping) // addSession ends those that come later
+	}
 	s.mu.Unlock()
 	s.endUnpaired()
 }
