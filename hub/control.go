@@ -197,7 +197,14 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	}
 	nc := wsmux.Conn(ctx, ws, batcherOf(r))
 	// yamux's complaints say why a session broke: at debug.
-	mux, err := yamux.Client(nc, wsmux.Config(yamuxLogger(sessLog)))
+	cfg := wsmux.Config(yamuxLogger(sessLog))
+	// The backlog sizes the queue of streams the device opens, which it
+	// may not (refuseDeviceStreams ends the session at the first), and
+	// bounds the streams the hub opens that the device has not yet taken:
+	// 64 at once per device is plenty, and the queue is 2 KiB less per
+	// idle device than yamux's 256.
+	cfg.AcceptBacklog = controlBacklog
+	mux, err := yamux.Client(nc, cfg)
 	if err != nil {
 		ws.CloseNow()
 		drop()
@@ -227,6 +234,9 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
+// controlBacklog is a control session's yamux AcceptBacklog.
+const controlBacklog = 64
+
 // Why a session's wait ends besides the session's own end (see end).
 var (
 	errSessionReplaced = errors.New("session replaced or revoked")
@@ -243,7 +253,10 @@ func (s *Server) runSession(ctx context.Context, drop context.CancelFunc, c *ses
 	ws, mux := c.ws, c.mux
 	watch := wsmux.Watch(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
 	defer watch.Stop() // after mux.Close below
-	waitCtx, stopWait := context.WithCancelCause(ctx)
+	// A sibling of ctx rather than its child: both end with the hub's,
+	// and ctx ends only when this goroutine cuts a lost device off, after
+	// the wait. One context map fewer per session.
+	waitCtx, stopWait := context.WithCancelCause(s.ctx)
 	defer stopWait(nil)
 	c.stop = stopWait
 	if old := s.addSession(c); old != nil {

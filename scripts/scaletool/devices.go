@@ -243,6 +243,9 @@ func devicesCmd(ctx context.Context, args []string) error {
 	}
 	allUp := time.Now()
 	progress("%d devices connected in %.1fs; waiting for a hub GC", *n, res.ConnectSeconds)
+	if _, err := forceGC(ctx, *hubDataDir); err != nil {
+		return err
+	}
 	if res.Hub.After, err = hubMemory(ctx, pid, hm, allUp, *gcWait); err != nil {
 		return err
 	}
