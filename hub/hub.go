@@ -30,7 +30,6 @@ package hub
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -490,6 +489,12 @@ func (s *Server) Run(ctx context.Context) error {
 	tlsCfg := s.tls.Config.Clone()
 	// WebSockets need HTTP/1.1; the REST calls gain nothing from HTTP/2.
 	tlsCfg.NextProtos = []string{"http/1.1"}
+	stopTickets, terr := s.startTicketKeys(tlsCfg) // tickets.go
+	if terr != nil {
+		s.Close()
+		return terr
+	}
+	defer stopTickets()
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsCfg,
@@ -501,7 +506,9 @@ func (s *Server) Run(ctx context.Context) error {
 		ConnContext:       withBatch,
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(batchListener{s.ln}, tlsCfg)) }()
+	// TLS handshakes run under admission (handshake.go); Serve closes hl.
+	hl := newHandshakeListener(batchListener{flightListener{s.ln}}, tlsCfg, s.cfg.ReadHeaderTimeout, handshakeQueueWait, handshakeSlots(), s.log)
+	go func() { errc <- srv.Serve(hl) }()
 	s.log.Info().Str("addr", s.ln.Addr().String()).Str("advertise", s.addr).Msg("hub serving")
 	stopPruning := s.startPruning()
 

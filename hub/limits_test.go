@@ -407,17 +407,29 @@ func TestStreamRate(t *testing.T) {
 		t.Fatalf("service policy refused: %d %s", refused.status, refused.err.Detail)
 	}
 
+	// Events are written in the background: poll until they are in.
 	ectx, ecancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
 	defer ecancel()
-	es, err := w.Server.Registry().StreamEvents(ectx, registry.EventFilter{DeviceID: "dev1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	throttled := 0
-	for _, e := range es {
-		if e.Result == "throttled" && e.Policy == "iothubowner" {
-			throttled++
+	var (
+		es        []registry.StreamEvent
+		throttled int
+	)
+	for {
+		var err error
+		es, err = w.Server.Registry().StreamEvents(ectx, registry.EventFilter{DeviceID: "dev1"})
+		if err != nil {
+			t.Fatal(err)
 		}
+		throttled = 0
+		for _, e := range es {
+			if e.Result == "throttled" && e.Policy == "iothubowner" {
+				throttled++
+			}
+		}
+		if throttled >= 2 || ectx.Err() != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if throttled != 2 {
 		t.Errorf("%d throttled events recorded for iothubowner, want 2: %+v", throttled, es)
