@@ -35,10 +35,12 @@ import (
 )
 
 // handshakeQueueWait is how long a connection whose ClientHello is in may
-// wait for a handshake slot. It is below a client's TLS handshake timeout
-// (15 s for hubclient), so that a client refused learns it before it
-// would give up by itself.
-const handshakeQueueWait = 10 * time.Second
+// wait for a handshake slot. The wait counts against the client's TLS
+// handshake timeout (15 s for hubclient): one third of it leaves the
+// handshake itself ample time on a loaded machine, so that the hub's work
+// is not thrown away by a client that gave up, and a client refused
+// learns it long before it would give up by itself.
+const handshakeQueueWait = 5 * time.Second
 
 // handshakeSlots is how many TLS handshakes the hub runs at once: enough
 // to keep every core busy while some handshakes wait on a write.
