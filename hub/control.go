@@ -245,10 +245,11 @@ var (
 )
 
 // runSession serves the control session c over nc until it ends, ctx
-// (which drop cancels) ends, a newer session replaces it, the device is revoked or the hub
-// shuts down; then it closes it. Besides yamux's two loops, the session
-// costs this one goroutine: the keepalive runs on timers, and this
-// goroutine is the one that refuses streams the device opens.
+// (which drop cancels) ends, a newer session replaces it, the device is
+// revoked or the hub shuts down; then it closes it. Besides yamux's two
+// loops, the session costs this one goroutine: the keepalive runs on
+// timers, and this goroutine is the one that refuses streams the device
+// opens.
 func (s *Server) runSession(ctx context.Context, drop context.CancelFunc, c *session, nc net.Conn) {
 	ws, mux := c.ws, c.mux
 	watch := wsmux.Watch(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)

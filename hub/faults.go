@@ -217,7 +217,7 @@ func (s *Server) closeUnpaired(st *stream, conns [2]*websocket.Conn, code websoc
 }
 
 // drain starts the shutdown: from now on the hub refuses new streams and
-// control sessions, control sessions end (their handlers watch stopping),
+// control sessions, control sessions end (drain ends each session's wait),
 // and streams still waiting for a side are ended, since that side can no
 // longer connect. It is idempotent.
 func (s *Server) drain() {
