@@ -69,9 +69,16 @@ type handshakeListener struct {
 	wg    sync.WaitGroup
 	once  sync.Once
 
-	// shed counts the handshakes refused for want of a slot.
-	shed atomic.Int64
+	// shed counts the handshakes refused for want of a slot; warned is
+	// when that was last logged (Unix nanoseconds).
+	shed   atomic.Int64
+	warned atomic.Int64
 }
+
+// shedWarnEvery is how often, at most, the hub logs that it refuses
+// handshakes: an operator must learn that the hub is saturated, but a
+// storm must not flood the log.
+const shedWarnEvery = 10 * time.Second
 
 // newHandshakeListener serves TLS with cfg on inner; it sets cfg's
 // GetConfigForClient, and later changes to cfg (its session ticket keys)
@@ -231,7 +238,12 @@ func (l *handshakeListener) admit(hello *tls.ClientHelloInfo) (*tls.Config, erro
 		select {
 		case l.slots <- struct{}{}:
 		case <-t.C:
-			l.shed.Add(1)
+			n := l.shed.Add(1)
+			now, last := time.Now().UnixNano(), l.warned.Load()
+			if now-last >= int64(shedWarnEvery) && l.warned.CompareAndSwap(last, now) {
+				l.log.Warn().Int64("refused_total", n).Stringer("waited", l.wait).
+					Msg("tls handshakes refused: the hub is busy with others; clients retry")
+			}
 			return nil, errHandshakeShed
 		case <-hello.Context().Done():
 			return nil, hello.Context().Err()
