@@ -139,8 +139,8 @@ func (l *handshakeListener) acceptLoop() {
 			if l.ctx.Err() != nil {
 				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
+			var ne interface{ Temporary() bool }
+			if errors.As(err, &ne) && ne.Temporary() && !errors.Is(err, net.ErrClosed) {
 				// Out of descriptors and the like, as net/http does: wait
 				// and try again.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
