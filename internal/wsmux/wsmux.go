@@ -273,15 +273,27 @@ func (w *Watcher) arm(d time.Duration) {
 // check is the timer's function: Keepalive's loop body.
 func (w *Watcher) check() {
 	defer w.busy.Done()
+	if w.silent() {
+		// Outside w.mu: closing waits for the peer's close handshake
+		// (which a silent peer never sends) until the connection's
+		// context ends, and Err must answer meanwhile.
+		w.mux.Close() // ends a ping in flight
+	}
+}
+
+// silent decides, under w.mu, whether the peer has been silent too long
+// (then it records ErrPeerSilent and reports true); otherwise it pings or
+// schedules the next check as due.
+func (w *Watcher) silent() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.stopped || w.mux.IsClosed() {
-		return
+		return false
 	}
 	quiet := w.c.silentFor()
 	if quiet < w.interval {
 		w.arm(w.interval - quiet)
-		return
+		return false
 	}
 	if w.pinged.IsZero() || time.Since(w.pinged) > quiet {
 		// A new silence: ask for a sign of life (noting the time first:
@@ -293,14 +305,14 @@ func (w *Watcher) check() {
 			go w.ping()
 		}
 		w.arm(w.timeout)
-		return
+		return false
 	}
 	if since := time.Since(w.pinged); since < w.timeout {
 		w.arm(w.timeout - since)
-		return
+		return false
 	}
 	w.err = ErrPeerSilent
-	w.mux.Close() // ends a ping in flight
+	return true
 }
 
 // ping sends one yamux ping; its answer is heard like any frame. It
