@@ -138,10 +138,16 @@ func TestWatch(t *testing.T) {
 		if el := time.Since(start); el < interval+timeout || el > interval+timeout+2*time.Second {
 			t.Errorf("dropped after %s, want about %s", el, interval+timeout)
 		}
-		w.Stop()
+		// Err answers at once, whatever the session's close waits for
+		// (a silent peer's close handshake, in the hub).
+		errAt := time.Now()
 		if err := w.Err(); err != ErrPeerSilent {
 			t.Errorf("Err: %v, want ErrPeerSilent", err)
 		}
+		if el := time.Since(errAt); el > time.Second {
+			t.Errorf("Err took %s: it waited for the session's close", el)
+		}
+		w.Stop()
 	})
 	t.Run("answering peer", func(t *testing.T) {
 		srv, cli := pair(t)
