@@ -447,7 +447,7 @@ func (s *Server) takeover(id string, epoch int64, replica string) {
 	}
 	c.log.Info().Str("replica", replica).Int64("epoch", c.epoch).Int64("newer", epoch).Msg("device session taken over by a newer one on another replica")
 	s.metrics.takenOver()
-	c.end()
+	c.end(errSessionReplaced)
 }
 
 // reconcile ends the sessions the replica holds that the session table
@@ -479,7 +479,7 @@ func (s *Server) reconcile(ctx context.Context) {
 	for _, c := range stale {
 		c.log.Info().Int64("epoch", c.epoch).Msg("device session replaced on another replica (found by reconciliation)")
 		s.metrics.takenOver()
-		c.end()
+		c.end(errSessionReplaced)
 	}
 }
 

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +19,7 @@ import (
 	"github.com/dsproxy/dsproxy/hub/registry"
 	"github.com/dsproxy/dsproxy/internal/sas"
 	"github.com/dsproxy/dsproxy/internal/wire"
+	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // session is a device's control session: a yamux client over the device's
@@ -40,14 +41,15 @@ type session struct {
 	active atomic.Int32
 	quiet  chan struct{}
 
-	// stop asks the session's handler to close it (replaced by a newer
-	// one, device revoked); closed by end.
-	stop    chan struct{}
-	endOnce sync.Once
+	// stop ends the wait of the session's goroutine with its reason
+	// (replaced by a newer session, device revoked, hub shutting down);
+	// set before the session is added, called by end.
+	stop context.CancelCauseFunc
 }
 
-// end asks the session's handler to close the session; it does not wait.
-func (c *session) end() { c.endOnce.Do(func() { close(c.stop) }) }
+// end asks the session's goroutine to close the session, for why; it does
+// not wait. Only the first reason counts.
+func (c *session) end(why error) { c.stop(why) }
 
 // errSessionGone reports a control session that ended while a request was
 // being delivered over it.
@@ -182,16 +184,34 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, http.StatusServiceUnavailable, &apiError{http.StatusServiceUnavailable, wire.CodeServiceUnavailable, "ServiceUnavailable", "hub is shutting down"})
 		return
 	}
-	defer s.conns.Done()
-
 	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
 	ctx, drop := context.WithCancel(s.ctx)
-	defer drop()
-	ws, mux, watched := s.acceptMux(ctx, w, r, wire.ControlSubprotocol, yamux.Client, sessLog)
-	if mux == nil {
+	ws, err := websocket.Accept(leanHijack{w}, r, &websocket.AcceptOptions{
+		Subprotocols:       []string{wire.ControlSubprotocol},
+		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
+	})
+	if err != nil {
+		sessLog.Debug().Err(err).Msg("session upgrade failed")
+		drop()
+		s.conns.Done()
 		return
 	}
-	defer watched()
+	nc := wsmux.Conn(ctx, ws, batcherOf(r))
+	// yamux's complaints say why a session broke: at debug.
+	cfg := wsmux.Config(yamuxLogger(sessLog))
+	// The backlog sizes the queue of streams the device opens, which it
+	// may not (refuseDeviceStreams ends the session at the first), and
+	// bounds the streams the hub opens that the device has not yet taken:
+	// 64 at once per device is plenty, and the queue is 2 KiB less per
+	// idle device than yamux's 256.
+	cfg.AcceptBacklog = controlBacklog
+	mux, err := yamux.Client(nc, cfg)
+	if err != nil {
+		ws.CloseNow()
+		drop()
+		s.conns.Done()
+		return
+	}
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	c := &session{
 		deviceID: id,
@@ -200,19 +220,50 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		log:      sessLog,
 		token:    tok,
 		since:    time.Now(),
-		stop:     make(chan struct{}),
 		up:       make(chan struct{}),
 		inline:   slices.Contains(headerTokens(r.Header, wire.HeaderFeatures), wire.FeatureInline),
 		quiet:    make(chan struct{}, 1),
 	}
-	refusing := make(chan struct{})
+	// The session outlives the request (its context is the hub's), and
+	// this handler returns now: net/http's goroutine, its per-connection
+	// buffers and the request go (issue 6: an idle device's memory). The
+	// hub owns the session's goroutine and waits for it (s.conns).
 	go func() {
-		defer close(refusing)
-		c.refuseDeviceStreams()
+		defer s.conns.Done()
+		defer drop()
+		s.runSession(ctx, drop, c, nc)
 	}()
-	defer func() { <-refusing }() // it returns once mux.Close below has run
+}
+
+// controlBacklog is a control session's yamux AcceptBacklog.
+const controlBacklog = 64
+
+// Why a session's wait ends besides the session's own end (see end).
+var (
+	errSessionReplaced = errors.New("session replaced or revoked")
+	errHubStopping     = errors.New("hub shutting down")
+	errDeviceOpened    = errors.New("device opened a control stream")
+)
+
+// runSession serves the control session c over nc until it ends, ctx
+// (which drop cancels) ends, a newer session replaces it, the device is
+// revoked or the hub shuts down; then it closes it. Besides yamux's two
+// loops, the session costs this one goroutine: the keepalive runs on
+// timers, and this goroutine is the one that refuses streams the device
+// opens.
+func (s *Server) runSession(ctx context.Context, drop context.CancelFunc, c *session, nc net.Conn) {
+	ws, mux := c.ws, c.mux
+	watch := wsmux.Watch(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
+	defer watch.Stop() // after mux.Close below
+	// A sibling of ctx rather than its child: both end with the hub's,
+	// and ctx ends only when this goroutine cuts a lost device off, after
+	// the wait. One context map fewer per session.
+	waitCtx, stopWait := context.WithCancelCause(s.ctx)
+	defer stopWait(nil)
+	c.stop = stopWait
 	if err := s.claimSession(ctx, c); err != nil {
 		c.log.Warn().Err(err).Msg("cannot record the device's session in the registry: closing it, the device will retry")
+		wsmux.Flush(nc)
 		ws.Close(websocket.StatusTryAgainLater, "registry unavailable: retry later")
 		mux.Close()
 		return
@@ -220,13 +271,14 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	old, current := s.addSession(c)
 	if !current {
 		c.log.Info().Msg("device session closed: a newer one is already held")
+		wsmux.Flush(nc)
 		ws.Close(websocket.StatusGoingAway, "session replaced by a newer one")
 		mux.Close()
 		return
 	}
 	if old != nil {
 		old.log.Info().Msg("device session replaced by a newer one")
-		old.end() // its streams go on: they have their own connections
+		old.end(errSessionReplaced) // its streams go on: they have their own connections
 	}
 	stopChecks := s.announce(c)
 	defer stopChecks()
@@ -238,16 +290,12 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		close(c.up)
 		c.log.Info().Msg("device connected")
 	}
-	var lost error
+	c.refuseDeviceStreams(waitCtx)
 	why := "session ended"
-	select {
-	case <-mux.CloseChan():
-	case <-c.stop:
-		why = "session replaced or revoked"
-	case <-s.stopping:
-		why = "hub shutting down"
-	case <-ctx.Done():
+	if cause := context.Cause(waitCtx); !mux.IsClosed() && cause != nil && ctx.Err() == nil {
+		why = cause.Error()
 	}
+	var lost error
 	if !mux.IsClosed() && c.active.Load() > 0 {
 		// Route nothing more here, but let the inline streams the session
 		// carries run to their end (a revocation or the end of the
@@ -261,6 +309,9 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		// or stream-open timeout, a broken connection.
 		if err := sessionErr(mux); readyErr == nil && !errors.Is(err, io.EOF) {
 			lost = err
+			if werr := watch.Err(); werr != nil {
+				lost = werr
+			}
 		}
 	}
 	// Unavailable at once, before the close handshake, which a frozen
@@ -271,6 +322,8 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		c.log.Warn().Err(lost).Msg("device lost: no keepalive answer or a broken connection; ending its streams")
 		s.loseSession(c, lost)
 		drop() // a lost device never answers the close handshake: cut the connection
+	} else {
+		wsmux.Flush(nc) // the frames yamux sent go out before the close frame
 	}
 	ws.Close(websocket.StatusGoingAway, why)
 	mux.Close()
@@ -283,10 +336,14 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 // addSession makes c the device's current session and returns the one it
 // replaces, if any. The newer session wins: the later one on a single
 // node, the higher epoch in a cluster; current is false when the session
-// held already is newer than c, which is then not added.
+// held already is newer than c, which is then not added. A session added
+// while the hub drains is ended at once (drain ends those added before).
 func (s *Server) addSession(c *session) (old *session, current bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closing {
+		c.end(errHubStopping)
+	}
 	old = s.sessions[c.deviceID]
 	if old != nil && old.epoch > c.epoch {
 		return nil, false

@@ -165,7 +165,7 @@ func (s *Server) revoke(id string, keep func(*session) bool, why string) {
 	bad := func(c *session) bool { return c != nil && (keep == nil || !keep(c)) }
 	if c := s.sessionFor(id); bad(c) {
 		c.log.Info().Str("reason", why).Msg("closing device session")
-		c.end()
+		c.end(errSessionReplaced)
 	}
 	s.endStreams(func(st *stream) bool { return st.deviceID == id && bad(st.sess) }, end{
 		from: -1, code: websocket.StatusPolicyViolation, why: why, result: resultRevoked, reason: why,
@@ -217,7 +217,7 @@ func (s *Server) closeUnpaired(st *stream, conns [2]*websocket.Conn, code websoc
 }
 
 // drain starts the shutdown: from now on the hub refuses new streams and
-// control sessions, control sessions end (their handlers watch stopping),
+// control sessions, control sessions end (drain ends each session's wait),
 // and streams still waiting for a side are ended, since that side can no
 // longer connect. It is idempotent.
 func (s *Server) drain() {
@@ -228,6 +228,9 @@ func (s *Server) drain() {
 	}
 	s.closing = true
 	close(s.stopping)
+	for _, c := range s.sessions {
+		c.end(errHubStopping) // addSession ends those that come later
+	}
 	s.mu.Unlock()
 	s.endUnpaired()
 }

@@ -30,7 +30,6 @@ package hub
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -529,6 +528,12 @@ func (s *Server) Run(ctx context.Context) error {
 	tlsCfg := s.tls.Config.Clone()
 	// WebSockets need HTTP/1.1; the REST calls gain nothing from HTTP/2.
 	tlsCfg.NextProtos = []string{"http/1.1"}
+	stopTickets, terr := s.startTicketKeys(tlsCfg) // tickets.go
+	if terr != nil {
+		s.Close()
+		return terr
+	}
+	defer stopTickets()
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsCfg,
@@ -541,7 +546,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopCluster := s.startCluster() // before the first device session is claimed
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(batchListener{s.ln}, tlsCfg)) }()
+	// TLS handshakes run under admission (handshake.go); Serve closes hl.
+	hl := newHandshakeListener(batchListener{flightListener{s.ln}}, tlsCfg, s.cfg.ReadHeaderTimeout, handshakeQueueWait, handshakeSlots(), s.log)
+	go func() { errc <- srv.Serve(hl) }()
 	s.log.Info().Str("addr", s.ln.Addr().String()).Str("advertise", s.addr).Msg("hub serving")
 	stopPruning := s.startPruning()
 

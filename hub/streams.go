@@ -472,10 +472,10 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, http.StatusServiceUnavailable, &apiError{http.StatusServiceUnavailable, wire.CodeServiceUnavailable, "ServiceUnavailable", "hub is shutting down"})
 		return
 	}
-	defer s.conns.Done()
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	ws, err := websocket.Accept(leanHijack{w}, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		st.log.Debug().Err(err).Msg("stream upgrade failed")
+		s.conns.Done()
 		return
 	}
 	ws.SetReadLimit(s.cfg.MaxMessageSize)
@@ -489,6 +489,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		} else {
 			ws.Close(CloseHandshakeTimeout, "peer did not connect before the handshake deadline")
 		}
+		s.conns.Done()
 		return
 	}
 	st.conns[sd] = ws
@@ -506,18 +507,22 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	st.log.Debug().Str("side", sd.String()).Bool("paired", paired).Msg("stream side connected")
 
 	if !paired {
-		// The peer's handler relays; this one only keeps the connection
-		// counted until the stream is over.
-		select {
-		case <-st.ended:
-		case <-s.ctx.Done():
-			ws.Close(websocket.StatusGoingAway, "hub shutting down")
-		}
+		// The side waits for its peer without a goroutine of its own:
+		// the peer's connection starts the relay, which ends both sides;
+		// the handshake deadline or the shutdown's drain ends a stream
+		// that never pairs (endStreams closes its side).
+		s.conns.Done()
 		return
 	}
-	result, reason := s.relay(st, st.conns[sideService], st.conns[sideDevice])
-	s.mu.Lock()
-	s.endLocked(st)
-	s.mu.Unlock()
-	s.streamEnded(st, result, reason)
+	// The relay outlives the request on a goroutine of its own, so that
+	// net/http's per-connection state (buffers, request) goes now (issue 6:
+	// a stream's memory). It keeps the connection counted.
+	go func() {
+		defer s.conns.Done()
+		result, reason := s.relay(st, st.conns[sideService], st.conns[sideDevice])
+		s.mu.Lock()
+		s.endLocked(st)
+		s.mu.Unlock()
+		s.streamEnded(st, result, reason)
+	}()
 }

@@ -416,3 +416,122 @@ func (c *conn) send(p []byte) error {
 	}
 	return err
 }
+
+// Watcher is [Keepalive] without a goroutine of its own: it runs on
+// timers, so a session that stands idle costs a timer, not a parked
+// goroutine and its stack. Start one with [Watch]; it is safe for
+// concurrent use.
+type Watcher struct {
+	mux               *yamux.Session
+	c                 *conn
+	interval, timeout time.Duration
+
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+	pinged  time.Time // when the ping of this silence went out
+	pinging bool      // a Ping is in flight
+	err     error     // ErrPeerSilent once the peer was given up on
+
+	// busy counts the armed timer (at most one) and the Ping in flight, so
+	// that Stop can wait for both.
+	busy sync.WaitGroup
+}
+
+// Watch watches the session mux over nc (from [Conn]) as [Keepalive] does,
+// on timers, until the session closes or Stop is called: once nothing has
+// arrived from the peer for interval it pings, and when nothing arrives
+// within timeout of the ping either, it closes the session (Err then
+// returns ErrPeerSilent). The caller must call Stop, which waits for the
+// watch's timer and ping.
+func Watch(mux *yamux.Session, nc net.Conn, interval, timeout time.Duration) *Watcher {
+	w := &Watcher{mux: mux, c: nc.(*conn), interval: interval, timeout: timeout}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.busy.Add(1)
+	w.t = time.AfterFunc(interval, w.check)
+	return w
+}
+
+// arm schedules the next check in d; w.mu must be held, from within a
+// check (whose timer has fired).
+func (w *Watcher) arm(d time.Duration) {
+	w.busy.Add(1)
+	w.t.Reset(d)
+}
+
+// check is the timer's function: Keepalive's loop body.
+func (w *Watcher) check() {
+	defer w.busy.Done()
+	if w.silent() {
+		// Outside w.mu: closing waits for the peer's close handshake
+		// (which a silent peer never sends) until the connection's
+		// context ends, and Err must answer meanwhile.
+		w.mux.Close() // ends a ping in flight
+	}
+}
+
+// silent decides, under w.mu, whether the peer has been silent too long
+// (then it records ErrPeerSilent and reports true); otherwise it pings or
+// schedules the next check as due.
+func (w *Watcher) silent() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped || w.mux.IsClosed() {
+		return false
+	}
+	quiet := w.c.silentFor()
+	if quiet < w.interval {
+		w.arm(w.interval - quiet)
+		return false
+	}
+	if w.pinged.IsZero() || time.Since(w.pinged) > quiet {
+		// A new silence: ask for a sign of life (noting the time first:
+		// the answer may beat the next line).
+		w.pinged = time.Now()
+		if !w.pinging {
+			w.pinging = true
+			w.busy.Add(1)
+			go w.ping()
+		}
+		w.arm(w.timeout)
+		return false
+	}
+	if since := time.Since(w.pinged); since < w.timeout {
+		w.arm(w.timeout - since)
+		return false
+	}
+	w.err = ErrPeerSilent
+	return true
+}
+
+// ping sends one yamux ping; its answer is heard like any frame. It
+// returns on the pong, yamux's own timeout or the session's end.
+func (w *Watcher) ping() {
+	defer w.busy.Done()
+	_, _ = w.mux.Ping()
+	w.mu.Lock()
+	w.pinging = false
+	w.mu.Unlock()
+}
+
+// Err returns ErrPeerSilent when the watch closed the session because the
+// peer went silent, and nil otherwise.
+func (w *Watcher) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Stop ends the watch and waits for its timer function and ping to
+// return. A ping in flight returns once the session closes (or on yamux's
+// ping timeout), so close the session first. It is idempotent.
+func (w *Watcher) Stop() {
+	w.mu.Lock()
+	w.stopped = true
+	if w.t.Stop() {
+		w.busy.Done() // the armed check will not run
+	}
+	w.mu.Unlock()
+	w.busy.Wait()
+}

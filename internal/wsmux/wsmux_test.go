@@ -123,3 +123,58 @@ func TestKeepalive(t *testing.T) {
 		}
 	})
 }
+
+// TestWatch: Watch, Keepalive on timers, drops a silent peer within
+// interval+timeout (and a little) and keeps one that answers.
+func TestWatch(t *testing.T) {
+	const interval, timeout = 50 * time.Millisecond, 100 * time.Millisecond
+	t.Run("silent peer", func(t *testing.T) {
+		srv, _ := pair(t) // the client end never reads: no pong
+		nc := Conn(context.Background(), srv, nil)
+		mux, err := yamux.Server(nc, Config(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		w := Watch(mux, nc, interval, timeout)
+		select {
+		case <-mux.CloseChan():
+		case <-time.After(interval + timeout + 5*time.Second):
+			t.Fatal("silent peer not dropped")
+		}
+		if el := time.Since(start); el < interval+timeout || el > interval+timeout+2*time.Second {
+			t.Errorf("dropped after %s, want about %s", el, interval+timeout)
+		}
+		// Err answers at once, whatever the session's close waits for
+		// (a silent peer's close handshake, in the hub).
+		errAt := time.Now()
+		if err := w.Err(); err != ErrPeerSilent {
+			t.Errorf("Err: %v, want ErrPeerSilent", err)
+		}
+		if el := time.Since(errAt); el > time.Second {
+			t.Errorf("Err took %s: it waited for the session's close", el)
+		}
+		w.Stop()
+	})
+	t.Run("answering peer", func(t *testing.T) {
+		srv, cli := pair(t)
+		nc := Conn(context.Background(), srv, nil)
+		mux, err := yamux.Server(nc, Config(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer, err := yamux.Client(Conn(context.Background(), cli, nil), Config(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := Watch(mux, nc, interval, timeout)
+		time.Sleep(10 * (interval + timeout))
+		if mux.IsClosed() || w.Err() != nil {
+			t.Fatalf("Watch gave up on a peer that answers: %v", w.Err())
+		}
+		peer.Close()
+		mux.Close()
+		w.Stop()
+		w.Stop() // idempotent
+	})
+}

@@ -87,7 +87,7 @@ type restartResult struct {
 	HubCPUSeconds float64  `json:"hubCPUSeconds"`
 	Load1         float64  `json:"loadAverage1m"` // the machine's load when all were back
 	SimCPUSeconds float64  `json:"simulatorCPUSeconds"`
-	Examples      []string `json:"examples,omitempty"` // a few "other" errors as logged
+	Examples      []string `json:"examples,omitempty"` // a few errors of each class but "refused", as logged
 	HubGauge      float64  `json:"hubConnectedDevices"`
 }
 
@@ -243,6 +243,9 @@ func devicesCmd(ctx context.Context, args []string) error {
 	}
 	allUp := time.Now()
 	progress("%d devices connected in %.1fs; waiting for a hub GC", *n, res.ConnectSeconds)
+	if _, err := forceGC(ctx, *hubDataDir); err != nil {
+		return err
+	}
 	if res.Hub.After, err = hubMemory(ctx, pid, hm, allUp, *gcWait); err != nil {
 		return err
 	}
@@ -504,6 +507,7 @@ type fleet struct {
 	perDevice  []int     // failed attempts after the drop
 	retryWaits []float64 // seconds, after the drop
 	examples   []string
+	exampled   map[string]int // examples kept, by class
 }
 
 func newFleet(n int) *fleet {
@@ -570,8 +574,12 @@ func (f *fleet) event(i int, e logLine, now time.Time) {
 			class := failureClass(e.Error)
 			f.failures[class]++
 			f.perDevice[i]++
-			if class == "other" && len(f.examples) < 5 {
-				f.examples = append(f.examples, e.Error)
+			if class != "refused" && f.exampled[class] < 3 {
+				if f.exampled == nil {
+					f.exampled = map[string]int{}
+				}
+				f.exampled[class]++
+				f.examples = append(f.examples, class+": "+e.Error)
 			}
 		}
 		if d, err := time.ParseDuration(e.RetryIn); err == nil {

@@ -140,3 +140,34 @@ func fetch(ctx context.Context, url, file string) error {
 	}
 	return f.Close()
 }
+
+// forceGC has the in-process hub whose pprof address is in dataDir run a
+// GC (the heap profile's gc=1), so that its live heap is current without
+// waiting for the runtime's two-minute GC. It reports false for a hub
+// without a pprof listener (dsproxy hub).
+func forceGC(ctx context.Context, dataDir string) (bool, error) {
+	if dataDir == "" {
+		return false, nil
+	}
+	addr, err := readTrimmed(filepath.Join(dataDir, pprofAddrFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("force a hub GC: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("force a hub GC: %s", resp.Status)
+	}
+	return true, nil
+}

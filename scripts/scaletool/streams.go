@@ -139,6 +139,9 @@ func streamsCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	allOpen := time.Now()
+	if _, err := forceGC(ctx, *hubDataDir); err != nil {
+		return err
+	}
 	progress("waiting for a hub GC")
 	if res.Hub.After, err = hubMemory(ctx, *hubPID, hm, allOpen, *gcWait); err != nil {
 		return err
