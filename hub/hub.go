@@ -300,6 +300,9 @@ type Server struct {
 	// events writes stream events to the registry (eventlog.go).
 	events *eventLog
 
+	// handshakes admits TLS handshakes (handshake.go); set by Run.
+	handshakes atomic.Pointer[handshakeListener]
+
 	// cluster links the replica to the others; nil on a single node.
 	cluster *cluster
 
@@ -548,6 +551,7 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	// TLS handshakes run under admission (handshake.go); Serve closes hl.
 	hl := newHandshakeListener(batchListener{flightListener{s.ln}}, tlsCfg, s.cfg.ReadHeaderTimeout, handshakeQueueWait, handshakeSlots(), s.log)
+	s.handshakes.Store(hl)
 	go func() { errc <- srv.Serve(hl) }()
 	s.log.Info().Str("addr", s.ln.Addr().String()).Str("advertise", s.addr).Msg("hub serving")
 	stopPruning := s.startPruning()

@@ -134,6 +134,19 @@ func newMetrics(s *Server) *metrics {
 	}
 	m.reg.MustRegister(
 		m.started, m.ended, m.bytes, m.handshake, m.initiate, m.rejected, m.controlSess, m.routed,
+		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("tls_handshakes_refused_total",
+			"TLS handshakes refused because they waited too long for a slot (the hub was busy with others, as in a reconnect storm); clients retry.")), func() float64 {
+			if hl := s.handshakes.Load(); hl != nil {
+				return float64(hl.shed.Load())
+			}
+			return 0
+		}),
+		gauge("tls_handshakes_in_progress", "TLS handshakes running now; at most a few per core run at once, the rest wait for a slot.", func() int {
+			if hl := s.handshakes.Load(); hl != nil {
+				return len(hl.slots)
+			}
+			return 0
+		}),
 		gauge("nats_connected", "1 while a hub replica is connected to NATS, 0 while it reconnects or on a single hub.", func() int {
 			if s.cluster != nil && s.cluster.nc.IsConnected() {
 				return 1

@@ -191,4 +191,11 @@ func TestMetricsRuntime(t *testing.T) {
 			t.Errorf("%s = %v, want > 0", series, v)
 		}
 	}
+	// The scrape's own connection is past its handshake: none runs, none
+	// was refused.
+	for _, series := range []string{"dsproxy_hub_tls_handshakes_refused_total", "dsproxy_hub_tls_handshakes_in_progress", "dsproxy_hub_nats_connected"} {
+		if v := sample(t, m, series); v != 0 {
+			t.Errorf("%s = %v, want 0", series, v)
+		}
+	}
 }
