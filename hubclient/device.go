@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dsproxy/dsproxy/internal/wire"
+	"github.com/dsproxy/dsproxy/internal/wsmux"
 )
 
 // DeviceConfig configures a [DeviceClient].
@@ -251,7 +252,7 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 		release()
 	}()
 	addrs := [2]net.Addr{layers.local, layers.remote}
-	mux, watched, err := runMux(sctx, ws, layers, yamux.Server, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
+	mux, nc, watched, err := runMux(sctx, ws, layers, yamux.Server, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
 	if err != nil {
 		return fmt.Errorf("control session: %w", err)
 	}
@@ -273,9 +274,10 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 			if ctx.Err() != nil {
 				return nil
 			}
-			// The hub's close frame ends the session with io.EOF;
-			// anything else is a loss.
-			lost = !errors.Is(err, io.EOF)
+			// The hub's close frame ends the session (yamux then says
+			// io.EOF, or the error of a write that lost the race to the
+			// closing connection); anything else is a loss.
+			lost = !errors.Is(err, io.EOF) && !wsmux.PeerClosed(nc, peerCloseWait)
 			if lost {
 				stop() // a lost hub never answers the close handshake: cut the connection
 			}
@@ -290,6 +292,10 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 		}()
 	}
 }
+
+// peerCloseWait bounds how long a control session that ended with an error
+// waits for its read side to show whether the hub closed it.
+const peerCloseWait = 100 * time.Millisecond
 
 // awaitReady reads the hub's SessionReady from the session's first stream.
 func awaitReady(mux *yamux.Session, timeout time.Duration) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -107,19 +108,19 @@ func dialWebSocket(ctx context.Context, base *http.Transport, url string, hdr ht
 // is closed.
 func runMux(ctx context.Context, ws *websocket.Conn, layers *streamLayers,
 	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), keepAlive, timeout time.Duration,
-) (mux *yamux.Session, watched func(), err error) {
-	nc := wsmux.Conn(ctx, ws, gatherer{layers})
+) (mux *yamux.Session, nc net.Conn, watched func(), err error) {
+	nc = wsmux.Conn(ctx, ws, gatherer{layers})
 	mux, err = newMux(nc, wsmux.Config(nil))
 	if err != nil {
 		ws.CloseNow()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	watching := make(chan struct{})
 	go func() {
 		defer close(watching)
 		_ = wsmux.Keepalive(mux, nc, keepAlive, timeout)
 	}()
-	return mux, func() { <-watching }, nil
+	return mux, nc, func() { <-watching }, nil
 }
 
 // gatherer lets wsmux gather a session's messages through a stream's

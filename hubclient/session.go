@@ -178,7 +178,7 @@ func (c *SessionClient) dial(ctx context.Context) (*clientSession, error) {
 // start runs a session over a dialled WebSocket.
 func (c *SessionClient) start(ws *websocket.Conn, layers *streamLayers) (*clientSession, error) {
 	sctx, stop := context.WithCancel(context.Background()) // the session's lifetime, until close
-	mux, watched, err := runMux(sctx, ws, layers, yamux.Client, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
+	mux, _, watched, err := runMux(sctx, ws, layers, yamux.Client, c.cfg.KeepAliveInterval, c.cfg.ConnectionWriteTimeout)
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("session: %w", err)

@@ -78,7 +78,7 @@ type Batcher interface {
 // connection: when it ends, the connection closes.
 func Conn(ctx context.Context, ws *websocket.Conn, b Batcher) net.Conn {
 	ws.SetReadLimit(headerSize + WindowSize)
-	c := &conn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx, b: b, start: time.Now()}
+	c := &conn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx, b: b, start: time.Now(), readEnded: make(chan struct{})}
 	c.space.L = &c.mu
 	return c
 }
@@ -88,7 +88,33 @@ func (c *conn) Read(p []byte) (int, error) {
 	if n > 0 {
 		c.heard.Store(int64(time.Since(c.start)))
 	}
+	if err != nil {
+		// websocket.NetConn returns io.EOF itself for a close frame; a
+		// connection cut without one fails with an error that only wraps
+		// io.EOF.
+		if err == io.EOF { //nolint:errorlint // the exact value is the signal
+			c.peerClosed.Store(true)
+		}
+		c.readOnce.Do(func() { close(c.readEnded) })
+	}
 	return n, err
+}
+
+// PeerClosed reports whether the peer of nc (from [Conn]) closed the
+// WebSocket with a normal or going-away close frame, waiting up to wait
+// for the read side to end. yamux's own error for the end of a session is
+// not that answer: when a write fails on the connection the close
+// handshake just closed, the session can end with the write's error
+// before the read returns the close frame.
+func PeerClosed(nc net.Conn, wait time.Duration) bool {
+	c := nc.(*conn)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-c.readEnded:
+	case <-t.C:
+	}
+	return c.peerClosed.Load()
 }
 
 // silentFor is how long nothing has arrived from the peer.
@@ -185,6 +211,12 @@ type conn struct {
 	b     Batcher      // nil: no gathering
 	start time.Time    // monotonic origin of heard
 	heard atomic.Int64 // time.Since(start) when the peer was last heard from
+	// peerClosed is set once a read found the peer's close frame (normal
+	// closure or going away), which websocket.NetConn reads as io.EOF;
+	// readEnded is closed by the first read that fails.
+	peerClosed atomic.Bool
+	readEnded  chan struct{}
+	readOnce   sync.Once
 
 	wmu  sync.Mutex
 	hdr  [headerSize]byte

@@ -3,6 +3,7 @@ package wsmux
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -177,4 +178,40 @@ func TestWatch(t *testing.T) {
 		w.Stop()
 		w.Stop() // idempotent
 	})
+}
+
+// TestPeerClosed: a close frame from the peer is told apart from a broken
+// connection, even when the session's read has not returned yet.
+func TestPeerClosed(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		close func(ws *websocket.Conn)
+		want  bool
+	}{
+		{"going away", func(ws *websocket.Conn) { ws.Close(websocket.StatusGoingAway, "replaced") }, true},
+		{"normal", func(ws *websocket.Conn) { ws.Close(websocket.StatusNormalClosure, "") }, true},
+		{"policy violation", func(ws *websocket.Conn) { ws.Close(websocket.StatusPolicyViolation, "revoked") }, false},
+		{"cut", func(ws *websocket.Conn) { ws.CloseNow() }, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, cli := pair(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			nc := Conn(ctx, cli, nil)
+			if PeerClosed(nc, 10*time.Millisecond) {
+				t.Fatal("PeerClosed before anything was read")
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				_, _ = io.Copy(io.Discard, nc)
+			}()
+			tt.close(srv)
+			if got := PeerClosed(nc, 5*time.Second); got != tt.want {
+				t.Fatalf("PeerClosed = %v, want %v", got, tt.want)
+			}
+			nc.Close()
+			<-done
+		})
+	}
 }
