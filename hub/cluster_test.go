@@ -163,6 +163,24 @@ func echoVia(ctx context.Context, sc interface {
 	return nil
 }
 
+// streamsWorkAgain opens streams through sc to the device until one
+// echoes, and returns how long after since that was; it gives up 10 s
+// after since with the last error.
+func streamsWorkAgain(ctx context.Context, sc *hubclient.ServiceClient, id string, since time.Time) (time.Duration, error) {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := echoVia(sctx, sc, id)
+		cancel()
+		if err == nil {
+			return time.Since(since), nil
+		}
+		if time.Since(since) > 10*time.Second {
+			return 0, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // connectedTo returns the index of the replica that holds the device's
 // session, or -1.
 func (c *testCluster) connectedTo(t *testing.T, id string) int {
@@ -263,16 +281,9 @@ func TestClusterReplicaDies(t *testing.T) {
 	}
 	killed := time.Now()
 	c.hubs[1].Kill()
-	var back time.Duration
-	for {
-		if err := echoVia(ctx, a.Service, "dev-b"); err == nil {
-			back = time.Since(killed)
-			break
-		}
-		if time.Since(killed) > 10*time.Second {
-			t.Fatalf("device not reachable through replica A 10 s after its replica died (connected to %d)", c.connectedTo(t, "dev-b"))
-		}
-		time.Sleep(50 * time.Millisecond)
+	back, err := streamsWorkAgain(ctx, a.Service, "dev-b", killed)
+	if err != nil {
+		t.Fatalf("device not reachable through replica A 10 s after its replica died (connected to %d): %v", c.connectedTo(t, "dev-b"), err)
 	}
 	at := c.connectedTo(t, "dev-b")
 	t.Logf("device back on replica %d, streams working %s after its replica died", at, back.Round(time.Millisecond))
@@ -333,19 +344,9 @@ func TestClusterNATSNodeDies(t *testing.T) {
 		if err := roundTrip("during"); err != nil {
 			t.Fatalf("running stream after a NATS node stopped: %v", err)
 		}
-		var again time.Duration
-		for {
-			sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
-			err := echoVia(sctx, a.Service, "dev-b")
-			scancel()
-			if err == nil {
-				again = time.Since(stopped)
-				break
-			}
-			if time.Since(stopped) > 10*time.Second {
-				t.Fatalf("no new stream 10 s after a NATS node stopped: %v", err)
-			}
-			time.Sleep(20 * time.Millisecond)
+		again, err := streamsWorkAgain(ctx, a.Service, "dev-b", stopped)
+		if err != nil {
+			t.Fatalf("no new stream 10 s after a NATS node stopped: %v", err)
 		}
 		t.Logf("new streams work %s after a NATS node with %d replicas on it stopped", again.Round(time.Millisecond), clients)
 	}

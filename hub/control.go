@@ -186,28 +186,13 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	}
 	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
 	ctx, drop := context.WithCancel(s.ctx)
-	ws, err := websocket.Accept(leanHijack{w}, r, &websocket.AcceptOptions{
-		Subprotocols:       []string{wire.ControlSubprotocol},
-		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
-	})
-	if err != nil {
-		sessLog.Debug().Err(err).Msg("session upgrade failed")
-		drop()
-		s.conns.Done()
-		return
-	}
-	nc := wsmux.Conn(ctx, ws, batcherOf(r))
-	// yamux's complaints say why a session broke: at debug.
-	cfg := wsmux.Config(yamuxLogger(sessLog))
 	// The backlog sizes the queue of streams the device opens, which it
 	// may not (refuseDeviceStreams ends the session at the first), and
 	// bounds the streams the hub opens that the device has not yet taken:
 	// 64 at once per device is plenty, and the queue is 2 KiB less per
 	// idle device than yamux's 256.
-	cfg.AcceptBacklog = controlBacklog
-	mux, err := yamux.Client(nc, cfg)
-	if err != nil {
-		ws.CloseNow()
+	ws, nc, mux := upgradeMux(ctx, leanHijack{w}, r, wire.ControlSubprotocol, yamux.Client, controlBacklog, sessLog)
+	if mux == nil {
 		drop()
 		s.conns.Done()
 		return

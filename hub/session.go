@@ -125,39 +125,45 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	log.Info().Msg("service session ended")
 }
 
-// acceptMux upgrades r to a WebSocket with subprotocol and runs a yamux
-// session over it (newMux is yamux.Client or yamux.Server), watched by
-// wsmux.Keepalive, for as long as ctx: the session outlives the request,
-// ctx is the caller's share of the hub's lifetime. It returns nil
-// connections when the upgrade failed. The caller must close mux, then
-// call watched, which waits for the keepalive watch. Before closing ws
-// itself, the caller should let the session's queued frames go out
-// (acceptSession, wsmux.Flush).
-func (s *Server) acceptMux(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
-	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), log zerolog.Logger,
-) (ws *websocket.Conn, mux *yamux.Session, watched func()) {
-	ws, _, mux, watched = s.acceptSession(ctx, w, r, subprotocol, newMux, log)
-	return ws, mux, watched
-}
-
-// acceptSession is acceptMux, and also returns the session's connection
-// over ws, for wsmux.Flush.
-func (s *Server) acceptSession(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
-	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), log zerolog.Logger,
-) (ws *websocket.Conn, nc net.Conn, mux *yamux.Session, watched func()) {
+// upgradeMux upgrades r to a WebSocket with subprotocol and runs a yamux
+// session over it (newMux is yamux.Client or yamux.Server; backlog, when
+// positive, its AcceptBacklog), for as long as ctx: the session outlives
+// the request, ctx is the caller's share of the hub's lifetime. It returns
+// a nil mux when the upgrade failed. Before closing ws itself, the caller
+// should let the session's queued frames go out (wsmux.Flush on nc).
+func upgradeMux(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
+	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), backlog int, log zerolog.Logger,
+) (ws *websocket.Conn, nc net.Conn, mux *yamux.Session) {
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{subprotocol},
 		InsecureSkipVerify: true, // not a browser endpoint: authentication is the SAS token
 	})
 	if err != nil {
 		log.Debug().Err(err).Msg("session upgrade failed")
-		return nil, nil, nil, nil
+		return nil, nil, nil
 	}
 	nc = wsmux.Conn(ctx, ws, batcherOf(r))
 	// yamux's complaints say why a session broke: at debug.
-	mux, err = newMux(nc, wsmux.Config(yamuxLogger(log)))
+	cfg := wsmux.Config(yamuxLogger(log))
+	if backlog > 0 {
+		cfg.AcceptBacklog = backlog
+	}
+	mux, err = newMux(nc, cfg)
 	if err != nil {
 		ws.CloseNow()
+		return nil, nil, nil
+	}
+	return ws, nc, mux
+}
+
+// acceptSession is upgradeMux for a service session, watched by
+// wsmux.Keepalive. The caller must close mux, then call watched, which
+// waits for the keepalive watch.
+func (s *Server) acceptSession(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
+	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), log zerolog.Logger,
+) (ws *websocket.Conn, nc net.Conn, mux *yamux.Session, watched func()) {
+	ws, nc, mux = upgradeMux(ctx, w, r, subprotocol, newMux, 0, log)
+	if mux == nil {
 		return nil, nil, nil, nil
 	}
 	watching := make(chan struct{})

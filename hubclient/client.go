@@ -152,13 +152,8 @@ func (b *base) host() (int32, string) {
 
 // failover moves on from hosts[i], which could not be reached, to the
 // next hub in the list; it does nothing if another call moved already.
-// It reports whether there is another hub to try.
-func (b *base) failover(i int32) bool {
-	if len(b.hosts) < 2 {
-		return false
-	}
+func (b *base) failover(i int32) {
 	b.cur.CompareAndSwap(i, (i+1)%int32(len(b.hosts)))
-	return true
 }
 
 // roundTrip sends req to the hub in use, and on to the next replica in
@@ -183,23 +178,25 @@ func (b *base) roundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		resp, err := b.http.Do(r)
-		more := tries < len(b.hosts) && req.Context().Err() == nil
-		switch {
-		case err != nil && unreached(err) && more:
-		case err == nil && resp.StatusCode == http.StatusServiceUnavailable && more:
-			resp.Body.Close()
-		default:
+		if tries == len(b.hosts) || req.Context().Err() != nil || !passedOver(resp, err) {
 			return resp, err
+		}
+		if resp != nil {
+			resp.Body.Close()
 		}
 		b.failover(i)
 		i, _ = b.host()
 	}
 }
 
-// unreached reports whether err means the request never reached a hub:
-// nothing answered at the address (refused, unreachable, timed out
-// while connecting), so it is safe to send it to another replica.
-func unreached(err error) bool {
+// passedOver reports whether a request to one hub replica, answered with
+// resp or failed with err, did nothing there and may go to the next one:
+// nothing answered at the address (refused, unreachable, timed out while
+// connecting), or the replica is shutting down (503).
+func passedOver(resp *http.Response, err error) bool {
+	if err == nil || resp != nil {
+		return resp != nil && resp.StatusCode == http.StatusServiceUnavailable
+	}
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Op == "dial"
 }

@@ -47,19 +47,19 @@ func (b *base) dialMux(ctx context.Context, path, subprotocol string, hdr http.H
 		if err == nil {
 			return ws, layers, nil
 		}
-		more := tries < len(b.hosts) && ctx.Err() == nil
+		if resp != nil && resp.StatusCode == http.StatusSwitchingProtocols {
+			resp = nil // upgraded, then refused by this client: not the hub's answer
+		}
+		if tries < len(b.hosts) && ctx.Err() == nil && passedOver(resp, err) {
+			b.failover(i)
+			continue
+		}
 		where := what
 		if len(b.hosts) > 1 {
 			where += " at " + host
 		}
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			if resp.StatusCode == http.StatusServiceUnavailable && more && b.failover(i) {
-				continue
-			}
+		if resp != nil {
 			return nil, nil, hubError("connect "+where, resp)
-		}
-		if unreached(err) && more && b.failover(i) {
-			continue
 		}
 		return nil, nil, fmt.Errorf("connect %s: %w", where, err)
 	}

@@ -298,18 +298,7 @@ pg_counts() {
 }
 
 # nats_node_of R: the index of the NATS node hub R is connected to.
-nats_node_of() {
-	local pid i port
-	pid=$(hub_pid "$1")
-	for i in 1 2 3; do
-		port=${NATS_CLIENT[i]##*:}
-		if ss -Htnp state established "( dport = :$port )" 2>/dev/null | grep -q "pid=$pid,"; then
-			echo "$i"
-			return 0
-		fi
-	done
-	echo 0
-}
+nats_node_of() { nats_node_of_pid "$(hub_pid "$1")" || echo 0; }
 
 # sample_nats FILE PIDFILE: until PIDFILE's process exits, appends every
 # 0.5 s a line "connected rss1 rss2 rss3" (replica C's connected devices,

@@ -256,17 +256,7 @@ fi
 # ---------------------------------------------------------------- c: a NATS node dies
 
 # nats_node_of R: the index of the NATS node replica R is connected to.
-nats_node_of() {
-	local pid=${PROC_PID[${HUB_PROC[$1]}]} i port
-	for i in 1 2 3; do
-		port=${NATS_CLIENT[i]##*:}
-		if ss -Htnp state established "( dport = :$port )" 2>/dev/null | grep -q "pid=$pid,"; then
-			echo "$i"
-			return 0
-		fi
-	done
-	return 1
-}
+nats_node_of() { nats_node_of_pid "${PROC_PID[${HUB_PROC[$1]}]}"; }
 
 # banner_ok PORT: a new stream through PORT reaches sshd (its banner comes
 # back): the cheapest probe of stream setup, without ssh's own handshake.

@@ -319,3 +319,18 @@ transfer_at_least() {
 	local n
 	n=$(transfer_bytes) && [[ -n $n ]] && ((n >= $1))
 }
+
+# nats_node_of_pid PID: the index I of the NATS node (client port in
+# NATS_CLIENT[I], I = 1..3) that process PID is connected to; status 1 when
+# none (needs ss).
+nats_node_of_pid() {
+	local i port
+	for i in 1 2 3; do
+		port=${NATS_CLIENT[i]##*:}
+		if ss -Htnp state established "( dport = :$port )" 2>/dev/null | grep -q "pid=$1,"; then
+			echo "$i"
+			return 0
+		fi
+	done
+	return 1
+}
