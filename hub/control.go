@@ -209,14 +209,23 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		inline:   slices.Contains(headerTokens(r.Header, wire.HeaderFeatures), wire.FeatureInline),
 		quiet:    make(chan struct{}, 1),
 	}
-	// The session outlives the request (its context is the hub's), and
-	// this handler returns now: net/http's goroutine, its per-connection
-	// buffers and the request go (issue 6: an idle device's memory). The
+	// The session outlives the request (its context is the hub's). Its
+	// setup (the claim, the replacement of an older session, the ready
+	// message) runs on this goroutine, whose stack it grows; the wait then
+	// runs on a goroutine of its own that starts with a small stack and
+	// keeps it (issue 6: an idle device's memory). net/http's goroutine,
+	// its per-connection buffers and the request go once this returns. The
 	// hub owns the session's goroutine and waits for it (s.conns).
+	h := s.openSession(ctx, c, nc)
+	if h == nil {
+		drop()
+		s.conns.Done()
+		return
+	}
 	go func() {
 		defer s.conns.Done()
 		defer drop()
-		s.runSession(ctx, drop, c, nc)
+		s.holdSession(ctx, drop, c, nc, h)
 	}()
 }
 
@@ -230,51 +239,72 @@ var (
 	errDeviceOpened    = errors.New("device opened a control stream")
 )
 
-// runSession serves the control session c over nc until it ends, ctx
-// (which drop cancels) ends, a newer session replaces it, the device is
-// revoked or the hub shuts down; then it closes it. Besides yamux's two
-// loops, the session costs this one goroutine: the keepalive runs on
-// timers, and this goroutine is the one that refuses streams the device
-// opens.
-func (s *Server) runSession(ctx context.Context, drop context.CancelFunc, c *session, nc net.Conn) {
+// held is what a control session's setup (openSession) hands to its wait
+// (holdSession).
+type held struct {
+	watch      *wsmux.Watcher
+	waitCtx    context.Context
+	stopWait   context.CancelCauseFunc
+	stopChecks func()
+	readyErr   error
+}
+
+// openSession sets up the control session c over nc: it starts the
+// keepalive watch, claims the session, makes it the device's current one
+// (ending an older one) and tells the device it is ready. It returns nil
+// when the session is closed already (the registry refused the claim, or a
+// newer session is held); otherwise the caller must run holdSession.
+func (s *Server) openSession(ctx context.Context, c *session, nc net.Conn) *held {
 	ws, mux := c.ws, c.mux
-	watch := wsmux.Watch(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
-	defer watch.Stop() // after mux.Close below
+	h := &held{watch: wsmux.Watch(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)}
 	// A sibling of ctx rather than its child: both end with the hub's,
-	// and ctx ends only when this goroutine cuts a lost device off, after
+	// and ctx ends only when holdSession cuts a lost device off, after
 	// the wait. One context map fewer per session.
-	waitCtx, stopWait := context.WithCancelCause(s.ctx)
-	defer stopWait(nil)
-	c.stop = stopWait
+	h.waitCtx, h.stopWait = context.WithCancelCause(s.ctx)
+	c.stop = h.stopWait
+	closed := func(code websocket.StatusCode, why string) *held {
+		wsmux.Flush(nc)
+		ws.Close(code, why)
+		mux.Close()
+		h.watch.Stop() // after mux.Close
+		h.stopWait(nil)
+		return nil
+	}
 	if err := s.claimSession(ctx, c); err != nil {
 		c.log.Warn().Err(err).Msg("cannot record the device's session in the registry: closing it, the device will retry")
-		wsmux.Flush(nc)
-		ws.Close(websocket.StatusTryAgainLater, "registry unavailable: retry later")
-		mux.Close()
-		return
+		return closed(websocket.StatusTryAgainLater, "registry unavailable: retry later")
 	}
 	old, current := s.addSession(c)
 	if !current {
 		c.log.Info().Msg("device session closed: a newer one is already held")
-		wsmux.Flush(nc)
-		ws.Close(websocket.StatusGoingAway, "session replaced by a newer one")
-		mux.Close()
-		return
+		return closed(websocket.StatusGoingAway, "session replaced by a newer one")
 	}
 	if old != nil {
 		old.log.Info().Msg("device session replaced by a newer one")
 		old.end(errSessionReplaced) // its streams go on: they have their own connections
 	}
-	stopChecks := s.announce(c)
-	defer stopChecks()
-	readyErr := c.ready()
-	if readyErr != nil {
-		c.log.Debug().Err(readyErr).Msg("session ended before it was ready")
+	h.stopChecks = s.announce(c)
+	h.readyErr = c.ready()
+	if h.readyErr != nil {
+		c.log.Debug().Err(h.readyErr).Msg("session ended before it was ready")
 		mux.Close()
 	} else {
 		close(c.up)
 		c.log.Info().Msg("device connected")
 	}
+	return h
+}
+
+// holdSession serves the control session c over nc, set up by
+// openSession, until it ends, ctx (which drop cancels) ends, a newer
+// session replaces it, the device is revoked or the hub shuts down; then
+// it closes it. Besides yamux's two loops, the session costs this one
+// goroutine, parked in refuseDeviceStreams: the keepalive runs on timers.
+func (s *Server) holdSession(ctx context.Context, drop context.CancelFunc, c *session, nc net.Conn, h *held) {
+	ws, mux, watch, waitCtx := c.ws, c.mux, h.watch, h.waitCtx
+	defer watch.Stop() // after mux.Close below
+	defer h.stopWait(nil)
+	defer h.stopChecks()
 	c.refuseDeviceStreams(waitCtx)
 	why := "session ended"
 	if cause := context.Cause(waitCtx); !mux.IsClosed() && cause != nil && ctx.Err() == nil {
@@ -292,7 +322,7 @@ func (s *Server) runSession(ctx context.Context, drop context.CancelFunc, c *ses
 		// The session died by itself. Unless the device closed it (its
 		// close frame reads as io.EOF), the device is lost: a keepalive
 		// or stream-open timeout, a broken connection.
-		if err := sessionErr(mux); readyErr == nil && !errors.Is(err, io.EOF) {
+		if err := sessionErr(mux); h.readyErr == nil && !errors.Is(err, io.EOF) {
 			lost = err
 			if werr := watch.Err(); werr != nil {
 				lost = werr

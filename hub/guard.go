@@ -64,7 +64,7 @@ func (w yamuxWriter) Write(p []byte) (int, error) {
 // 256 streams a device opens, each with a 256 KiB window of data the hub
 // never reads; ending the session bounds that to nothing. The device is
 // not lost (its streams go on, each on its own WebSockets); it may connect
-// again. It is the wait of the session's goroutine (runSession).
+// again. It is the wait of the session's goroutine (holdSession).
 func (c *session) refuseDeviceStreams(ctx context.Context) {
 	for {
 		st, err := c.mux.AcceptStreamWithContext(ctx)

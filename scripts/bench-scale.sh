@@ -38,6 +38,8 @@
 #                               [--json FILE]
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
+#   SCALETOOL_BIN the scaletool binary (default: built from HEAD): the
+#                 simulated devices' hubclient, and the hub of --profile
 #   E2E_KEEP=1    keep the work directory (its path is printed)
 #
 # --profile runs the hub as `scaletool hub` (the same hub package in the
@@ -128,9 +130,14 @@ if want_row devices && ((DEVICES + 100 > FILES)); then
 fi
 
 measured_source # sets SRC and COMMIT
-ST=$WORK/scaletool
-log "building scaletool: go build -o $ST ./scripts/scaletool"
-(cd "$SRC" && go build -o "$ST" ./scripts/scaletool) || die "go build ./scripts/scaletool failed"
+if [[ -z ${SCALETOOL_BIN:-} ]]; then
+	ST=$WORK/scaletool
+	log "building scaletool: go build -o $ST ./scripts/scaletool"
+	(cd "$SRC" && go build -o "$ST" ./scripts/scaletool) || die "go build ./scripts/scaletool failed"
+else
+	ST=$SCALETOOL_BIN
+	COMMIT="$COMMIT (SCALETOOL_BIN=$ST)"
+fi
 if [[ -z ${DSPROXY_BIN:-} ]]; then
 	log "building dsproxy: go build -o $WORK/dsproxy ./cmd/dsproxy"
 	(cd "$SRC" && go build -o "$WORK/dsproxy" ./cmd/dsproxy) || die "go build ./cmd/dsproxy failed"
