@@ -40,8 +40,13 @@ const frameTimeout = time.Minute
 // own keepalive is off: it ends a session whose pong waits behind a busy
 // session's data, so [Keepalive] watches the session instead. logger
 // receives yamux's own complaints (why a session broke).
+//
+// A session reads its [Conn] through a small buffer (readBuffer) instead of
+// yamux's 4 KiB: the WebSocket under it buffers already, and the hub keeps
+// one per connected device (issue 6).
 func Config(logger yamux.Logger) *yamux.Config {
 	cfg := yamux.DefaultConfig()
+	cfg.ReadBufferSize = readBuffer
 	cfg.EnableKeepAlive = false
 	cfg.ConnectionWriteTimeout = frameTimeout
 	cfg.StreamOpenTimeout = frameTimeout
@@ -53,6 +58,12 @@ func Config(logger yamux.Logger) *yamux.Config {
 	}
 	return cfg
 }
+
+// readBuffer is the size of the buffer a session reads its Conn through
+// (yamux.Config.ReadBufferSize, of the fork in third_party/yamux): a few
+// frame headers. A frame's body larger than it is read straight into the
+// stream's buffer.
+const readBuffer = 256
 
 // yamux frame header layout (github.com/hashicorp/yamux const.go).
 const (
