@@ -1,11 +1,19 @@
 package hubclient_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsproxy/dsproxy/hub"
+	"github.com/dsproxy/dsproxy/hub/certs"
 
 	"github.com/dsproxy/dsproxy/hubclient"
 	"github.com/dsproxy/dsproxy/internal/dsproxytest"
@@ -108,5 +116,153 @@ func TestBackoffCap(t *testing.T) {
 			t.Errorf("retry %d came after %s, want between %s and %s", i+1, g, b/2, b)
 		}
 		b = min(2*b, maxB)
+	}
+}
+
+// logLines collects a client's JSON log lines.
+type logLines struct {
+	mu    sync.Mutex
+	lines []map[string]any
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	var m map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(p), &m); err == nil {
+		l.mu.Lock()
+		l.lines = append(l.lines, m)
+		l.mu.Unlock()
+	}
+	return len(p), nil
+}
+
+// downs returns the "control session down" lines logged so far.
+func (l *logLines) downs() []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, m := range l.lines {
+		if m["message"] == "control session down" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestReconnectAfterHubShutdown: a device whose hub shuts down (its close
+// frame, then nothing listening) redials with full jitter over a window
+// (MaxBackoff here, being below 10 s) that does not grow: its waits stay
+// spread over the whole window however many attempts fail, where the
+// exponential backoff would by now wait at least half of MaxBackoff every
+// time.
+func TestReconnectAfterHubShutdown(t *testing.T) {
+	const minB, maxB = 5 * time.Millisecond, 400 * time.Millisecond
+	cfg := hub.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.HostNames = []string{"127.0.0.1"}
+	cfg.ShutdownGrace = 0
+	cfg.Logger = dsproxytest.Logger(t).With().Str("role", "hub").Logger()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := hub.New(cfg, ln)
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	hubCtx, stopHub := context.WithCancel(context.Background())
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- srv.Run(hubCtx) }()
+	stopped := false
+	waitHub := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		stopHub()
+		select {
+		case err := <-hubDone:
+			if err != nil {
+				t.Errorf("hub Run: %v", err)
+			}
+		case <-time.After(dsproxytest.WaitTimeout):
+			t.Fatal("hub did not stop")
+		}
+	}
+	t.Cleanup(waitHub)
+
+	clientTLS, err := certs.ClientConfig(srv.CAPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := hubclient.NewServiceClient(hubclient.ServiceConfig{ConnectionString: srv.OwnerConnectionString(), TLSConfig: clientTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
+	defer cancel()
+	d, err := sc.CreateDevice(ctx, "dev1")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	logs := &logLines{}
+	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{
+		ConnectionString: sc.DeviceConnectionString(d),
+		TLSConfig:        clientTLS,
+		MinBackoff:       minB,
+		MaxBackoff:       maxB,
+		Logger:           zerolog.New(logs),
+	}, func(_ context.Context, r *hubclient.StreamRequest) { _ = r.Reject("idle") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	devCtx, stopDev := context.WithCancel(context.Background())
+	devDone := make(chan error, 1)
+	go func() { devDone <- dc.Run(devCtx) }()
+	t.Cleanup(func() {
+		stopDev()
+		if err := <-devDone; err != nil {
+			t.Errorf("device Run: %v", err)
+		}
+	})
+	select {
+	case <-dc.Connected():
+	case <-time.After(dsproxytest.WaitTimeout):
+		t.Fatal("device did not connect")
+	}
+
+	waitHub() // the close frame, then connection refused
+	const n = 30
+	dsproxytest.Eventually(t, "attempts against the stopped hub", func() bool { return len(logs.downs()) >= n })
+	downs := logs.downs()[:n]
+	if e, _ := downs[0]["error"].(string); !strings.Contains(e, "the hub closed the session") {
+		t.Errorf("first failure: %q, want the hub's close", e)
+	}
+	var waits []time.Duration
+	for _, m := range downs {
+		w, err := time.ParseDuration(m["retry_in"].(string))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waits = append(waits, w)
+	}
+	t.Logf("waits: %v", waits)
+	short := 0
+	for i, w := range waits {
+		if w > maxB {
+			t.Errorf("wait %d: %s, beyond the window %s", i, w, maxB)
+		}
+		// From the 10th on, exponential backoff from 5 ms would wait at
+		// least maxB/2 every time.
+		if i >= 10 && w < maxB/2 {
+			short++
+		}
+	}
+	// 20 draws, each below maxB/2 with probability 1/2: fewer than 3 has
+	// a probability of 2e-4.
+	if short < 3 {
+		t.Errorf("only %d of the waits from the 10th on were below %s: the backoff grew", short, maxB/2)
 	}
 }

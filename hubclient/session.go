@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -123,13 +122,15 @@ func (c *SessionClient) Run(ctx context.Context) error {
 }
 
 // redial runs session until ctx ends, again each time it returns, waiting
-// between runs with exponential backoff from minB to maxB and jitter (the
-// wait starts over after a run that lasted longer than maxB), and logs
-// each failure as down. It returns nil when ctx ends, and the error when
-// the hub refuses the credential (ErrUnauthorized, ErrForbidden), which
-// retrying cannot fix.
+// between runs as backoff chooses (backoff.go): exponential backoff from
+// minB to maxB with jitter after a failure (the wait starts over after a
+// run that lasted longer than maxB), and full jitter over a window that
+// does not grow while the hub is away on purpose (restarting, shutting
+// down, turning handshakes away). It logs each failure as down. It returns
+// nil when ctx ends, and the error when the hub refuses the credential
+// (ErrUnauthorized, ErrForbidden), which retrying cannot fix.
 func redial(ctx context.Context, minB, maxB time.Duration, log zerolog.Logger, down string, session func(context.Context) error) error {
-	backoff := minB
+	b := newBackoff(minB, maxB)
 	for {
 		start := time.Now()
 		err := session(ctx)
@@ -139,19 +140,15 @@ func redial(ctx context.Context, minB, maxB time.Duration, log zerolog.Logger, d
 		if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrForbidden) {
 			return err
 		}
-		if time.Since(start) > maxB {
-			backoff = minB // the session was up a while: start over
-		}
-		// Full jitter on the upper half: spreads a fleet's reconnects
-		// after a hub restart.
-		wait := backoff/2 + rand.N(backoff/2+1)
+		wait := b.next(err, start, time.Now())
 		log.Warn().Err(err).Stringer("retry_in", wait.Round(time.Millisecond)).Msg(down)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
-		case <-time.After(wait):
+		case <-t.C:
 		}
-		backoff = min(backoff*2, maxB)
 	}
 }
 

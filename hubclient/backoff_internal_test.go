@@ -1,0 +1,172 @@
+package hubclient
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dsproxy/dsproxy/hub/certs"
+)
+
+// refused is the error of a dial to a port where nothing listens, as
+// net.Dial wraps it.
+var refused = &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+
+// TestBackoffAway: while the hub is away on purpose, the waits are drawn
+// from the whole window (full jitter: short ones too) and do not grow,
+// however many attempts fail; a Retry-After is waited on top. After
+// awayFor of them, or after a failure that says nothing about the hub,
+// the waits grow as usual.
+func TestBackoffAway(t *testing.T) {
+	const minB, maxB = 100 * time.Millisecond, 30 * time.Second
+	window := min(awayWindow, maxB)
+	b := newBackoff(minB, maxB)
+	now := time.Now()
+	// A session that was up an hour ends with the hub's close frame,
+	// then the hub's port refuses for a while.
+	start := now.Add(-time.Hour)
+	var short, long int
+	for i := range 2000 {
+		err := error(refused)
+		if i == 0 {
+			err = fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF)
+		}
+		w := b.next(err, start, now)
+		if w < 0 || w > window {
+			t.Fatalf("attempt %d: wait %s, want within [0, %s]", i, w, window)
+		}
+		if w < window/10 {
+			short++
+		}
+		if w > window*9/10 {
+			long++
+		}
+		start = now
+		now = now.Add(time.Millisecond) // well within awayFor
+	}
+	// 2,000 draws, about 200 expected in each tenth.
+	if short < 100 || long < 100 {
+		t.Errorf("waits in the first tenth of the window: %d, in the last: %d; want about 200 each (full jitter)", short, long)
+	}
+	if b.cur != minB {
+		t.Errorf("backoff grew to %s while the hub was away", b.cur)
+	}
+
+	// A 503 with Retry-After: the wait is the hint plus the window's draw.
+	busy := &HubError{Op: "connect control session", StatusCode: http.StatusServiceUnavailable, RetryAfter: 3 * time.Second}
+	if w := b.next(busy, now, now); w < 3*time.Second || w > 3*time.Second+window {
+		t.Errorf("after a 503 with Retry-After 3s: wait %s, want within [3s, %s]", w, 3*time.Second+window)
+	}
+
+	// Away for longer than awayFor: the hub is down, back off as usual.
+	later := now.Add(awayFor)
+	for i := range 4 {
+		w := b.next(refused, later, later)
+		if lo := minB << i / 2; w < lo || w > minB<<i {
+			t.Errorf("refused after %s away, attempt %d: wait %s, want within [%s, %s]", awayFor, i, w, lo, minB<<i)
+		}
+	}
+
+	// A failure that says nothing about the hub grows the backoff at once.
+	b = newBackoff(minB, maxB)
+	for i := range 4 {
+		w := b.next(io.ErrUnexpectedEOF, now, now)
+		if lo := minB << i / 2; w < lo || w > minB<<i {
+			t.Errorf("EOF attempt %d: wait %s, want within [%s, %s]", i, w, lo, minB<<i)
+		}
+	}
+}
+
+// TestBackoffWindowCap: the window is never longer than MaxBackoff.
+func TestBackoffWindowCap(t *testing.T) {
+	b := newBackoff(time.Millisecond, 50*time.Millisecond)
+	now := time.Now()
+	for range 200 {
+		if w := b.next(refused, now, now); w > 50*time.Millisecond {
+			t.Fatalf("wait %s beyond MaxBackoff 50ms", w)
+		}
+	}
+}
+
+// TestHubAway: which failures count as the hub being away on purpose,
+// with the errors the real code paths produce where they run here.
+func TestHubAway(t *testing.T) {
+	// A dial to a port where nothing listens.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, dialErr := net.DialTimeout("tcp", addr, 5*time.Second)
+
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"connection refused", fmt.Errorf("connect control session: %w", dialErr), dialErr != nil},
+		{"hub's close frame", fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF), true},
+		{"503", &HubError{StatusCode: http.StatusServiceUnavailable}, true},
+		{"TLS alert (handshake admission)", tlsRefusal(t), true},
+		{"nil", nil, false},
+		{"EOF before the WebSocket", fmt.Errorf("connect control session: %w", io.EOF), false},
+		{"session lost", fmt.Errorf("control session ended: %w", io.ErrUnexpectedEOF), false},
+		{"timeout", fmt.Errorf("connect control session: %w", context.DeadlineExceeded), false},
+		{"429", &HubError{StatusCode: http.StatusTooManyRequests}, false},
+		{"500", &HubError{StatusCode: http.StatusInternalServerError}, false},
+	} {
+		if got := hubAway(tc.err); got != tc.want {
+			t.Errorf("%s: hubAway(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
+
+// tlsRefusal runs a TLS handshake against a server that refuses it from
+// GetConfigForClient, as the hub's handshake admission does, and returns
+// the client's error.
+func tlsRefusal(t *testing.T) error {
+	t.Helper()
+	bundle, err := certs.LoadOrCreate(t.TempDir(), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		cfg := bundle.Config.Clone()
+		cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { return nil, errors.New("busy") }
+		srv := tls.Server(c, cfg)
+		_ = srv.Handshake()
+	}()
+	defer func() { <-done }()
+	ccfg, err := certs.ClientConfig(bundle.CAPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg.ServerName = "127.0.0.1"
+	c, err := tls.Dial("tcp", ln.Addr().String(), ccfg)
+	if err == nil {
+		c.Close()
+		t.Fatal("handshake succeeded; want a refusal")
+	}
+	return fmt.Errorf("connect control session: %w", err)
+}
