@@ -44,7 +44,12 @@ type DeviceConfig struct {
 
 	// MinBackoff and MaxBackoff bound the wait between reconnection
 	// attempts, which doubles from MinBackoff up to MaxBackoff, with
-	// jitter. Zero values mean 500 ms and 30 s.
+	// jitter. While the hub is away on purpose (it closed the session,
+	// nothing listens while it restarts, it answers 503 or turns the
+	// handshake away), the wait is instead drawn from [0, 10 s] (or [0,
+	// MaxBackoff] when that is shorter) and does not grow, so that a
+	// fleet spreads its reconnects after a restart. Zero values mean
+	// 500 ms and 30 s.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 
