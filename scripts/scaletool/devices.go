@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -111,6 +112,7 @@ func devicesCmd(ctx context.Context, args []string) error {
 	hubDataDir := fs.String("hub-data-dir", "", "`DIR`: the hub's data directory, where scaletool hub leaves its pprof address")
 	profileDir := fs.String("profile-dir", "", "`DIR` to save the hub's heap profiles and goroutines in (scaletool hub only)")
 	minBackoff := fs.Duration("min-backoff", 0, "the devices' MinBackoff (0: the client's default, 500 ms): the first reconnect waits a random time in its upper half")
+	cpuProfile := fs.String("cpu-profile", "", "`FILE` for a CPU profile of the simulator itself during the restart (from the ready file until all are back)")
 	keepalive := fs.Duration("keepalive", 15*time.Second, "the devices' keepalive interval (the default of dsproxy device)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -260,7 +262,14 @@ func devicesCmd(ctx context.Context, args []string) error {
 	progress("hub: %.1f KiB RSS, %.1f KiB live heap per device", res.Hub.PerDevice.RSS/1024, res.Hub.PerDevice.HeapLive/1024)
 
 	if *restart {
+		stopProfile, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
 		rr, err := measureRestart(ctx, fleet, hm, cs.HostName, *caFile, *readyFile, *restartTimeout)
+		if perr := stopProfile(); err == nil {
+			err = perr
+		}
 		if err != nil {
 			return err
 		}
@@ -672,4 +681,24 @@ func (f *fleet) restartReport(hubDown, hubUp time.Time) *restartResult {
 	rr.Attempts = summarize(attempts)
 	rr.RetryWaits = summarize(slices.Clone(f.retryWaits))
 	return rr
+}
+
+// startCPUProfile profiles this process's CPU into file until the returned
+// function is called; with file "" it does nothing.
+func startCPUProfile(file string) (stop func() error, err error) {
+	if file == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
