@@ -276,6 +276,13 @@ func (c *conn) Write(p []byte) (int, error) {
 			}
 			return len(p), nil
 		}
+		if len(p) >= directMin {
+			err := c.sendDirect(c.hdr[:], p)
+			if err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
 		if err := c.enqueue(c.hdr[:], p); err != nil {
 			return 0, err
 		}
@@ -322,6 +329,86 @@ func (c *conn) enqueue(a, b []byte) error {
 		go c.flush(c.idle)
 	}
 	return nil
+}
+
+// directMin is the smallest data frame body that [conn.sendDirect] sends
+// in place rather than queueing: copying a large body into the queue costs
+// more than the wait for the write, and a stream's bulk data comes in
+// frames of up to 256 KiB (wire.MaxFramePayload).
+const directMin = 16 << 10
+
+// sendDirect sends a data frame, header hdr and body body, as one message
+// from the calling goroutine (yamux's send loop), without copying it into
+// the queue. It waits for a running flusher first, so frames keep their
+// order; frames queued while it sends go out after it, by a flusher it
+// starts. It fails as enqueue does, or with the send's error.
+func (c *conn) sendDirect(hdr, body []byte) error {
+	c.mu.Lock()
+	for c.err == nil && !c.closed && c.flushing {
+		c.space.Wait()
+	}
+	switch {
+	case c.err != nil:
+		c.mu.Unlock()
+		return fmt.Errorf("write session frame: %w", c.err)
+	case c.closed:
+		c.mu.Unlock()
+		return fmt.Errorf("write session frame: %w", net.ErrClosed)
+	}
+	// Frames enqueued meanwhile wait behind this one, as behind a flusher.
+	c.flushing = true
+	idle := make(chan struct{})
+	c.idle = idle
+	c.mu.Unlock()
+
+	err := c.sendParts(hdr, body)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil && c.err == nil {
+		c.err = err
+		c.ws.CloseNow() // as in flush: the message may be cut short
+	}
+	if c.err == nil && c.q != nil {
+		c.flushers.Add(1)
+		go c.flush(idle)
+		return err
+	}
+	if c.q != nil {
+		putQueue(c.q)
+		c.q = nil
+	}
+	c.flushing = false
+	close(idle)
+	c.space.Broadcast()
+	if err != nil {
+		return fmt.Errorf("write session frame: %w", err)
+	}
+	return nil
+}
+
+// sendParts writes hdr and body as one binary message without joining
+// them: the message's WebSocket frames (one per part, and an empty last
+// one) are gathered by the batcher into one write.
+func (c *conn) sendParts(hdr, body []byte) error {
+	if c.b != nil {
+		c.b.Hold()
+	}
+	w, err := c.ws.Writer(c.ctx, websocket.MessageBinary)
+	if err == nil {
+		if _, err = w.Write(hdr); err == nil {
+			_, err = w.Write(body)
+		}
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if c.b != nil {
+		if rerr := c.b.Release(); err == nil {
+			err = rerr
+		}
+	}
+	return err
 }
 
 // flush writes queued messages until the queue is empty or a write fails,
