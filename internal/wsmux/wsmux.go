@@ -277,11 +277,13 @@ func (c *conn) Write(p []byte) (int, error) {
 			return len(p), nil
 		}
 		if len(p) >= directMin {
-			err := c.sendDirect(c.hdr[:], p)
+			sent, err := c.sendDirect(c.hdr[:], p)
 			if err != nil {
 				return 0, err
 			}
-			return len(p), nil
+			if sent {
+				return len(p), nil
+			}
 		}
 		if err := c.enqueue(c.hdr[:], p); err != nil {
 			return 0, err
@@ -339,21 +341,25 @@ const directMin = 16 << 10
 
 // sendDirect sends a data frame, header hdr and body body, as one message
 // from the calling goroutine (yamux's send loop), without copying it into
-// the queue. It waits for a running flusher first, so frames keep their
-// order; frames queued while it sends go out after it, by a flusher it
-// starts. It fails as enqueue does, or with the send's error.
-func (c *conn) sendDirect(hdr, body []byte) error {
+// the queue, when nothing is queued or being flushed; otherwise it sends
+// nothing and reports sent false, and the frame must be queued. Frames
+// queued while it sends go out after it, by a flusher it starts. So one
+// stream's bulk transfer costs neither the copy nor a hand-off per frame,
+// while a busy session (many streams, a flusher at work) keeps queueing:
+// its send loop goes on while the flusher writes, and frames share
+// messages. It fails as enqueue does, or with the send's error.
+func (c *conn) sendDirect(hdr, body []byte) (sent bool, err error) {
 	c.mu.Lock()
-	for c.err == nil && !c.closed && c.flushing {
-		c.space.Wait()
-	}
 	switch {
 	case c.err != nil:
 		c.mu.Unlock()
-		return fmt.Errorf("write session frame: %w", c.err)
+		return false, fmt.Errorf("write session frame: %w", c.err)
 	case c.closed:
 		c.mu.Unlock()
-		return fmt.Errorf("write session frame: %w", net.ErrClosed)
+		return false, fmt.Errorf("write session frame: %w", net.ErrClosed)
+	case c.flushing || c.q != nil:
+		c.mu.Unlock()
+		return false, nil
 	}
 	// Frames enqueued meanwhile wait behind this one, as behind a flusher.
 	c.flushing = true
@@ -361,7 +367,7 @@ func (c *conn) sendDirect(hdr, body []byte) error {
 	c.idle = idle
 	c.mu.Unlock()
 
-	err := c.sendParts(hdr, body)
+	err = c.sendParts(hdr, body)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -372,7 +378,7 @@ func (c *conn) sendDirect(hdr, body []byte) error {
 	if c.err == nil && c.q != nil {
 		c.flushers.Add(1)
 		go c.flush(idle)
-		return err
+		return true, nil
 	}
 	if c.q != nil {
 		putQueue(c.q)
@@ -382,9 +388,9 @@ func (c *conn) sendDirect(hdr, body []byte) error {
 	close(idle)
 	c.space.Broadcast()
 	if err != nil {
-		return fmt.Errorf("write session frame: %w", err)
+		return true, fmt.Errorf("write session frame: %w", err)
 	}
-	return nil
+	return true, nil
 }
 
 // sendParts writes hdr and body as one binary message without joining
