@@ -60,10 +60,6 @@ const (
 	typeData   = 0
 )
 
-// keepBuf is the largest message buffer a conn keeps between frames:
-// session streams write at most 64 KiB at a time.
-const keepBuf = 128 << 10
-
 // Batcher gathers the writes that make up one message into one write
 // below TLS (see internal/batch): Hold before the message, Release after.
 type Batcher interface {
@@ -201,9 +197,10 @@ func isClosed(ch chan struct{}) bool {
 // record and a write system call of its own, and system calls were most
 // of the CPU a setup cost. Now the send loop only queues a frame's message,
 // and one flusher writes whatever has queued in one hold of the batcher:
-// one TLS write and one system call for all of them. Under one stream's
-// bulk transfer the flusher stays busy, so the queue costs no extra
-// hand-off per frame.
+// one TLS write and one system call for all of them. A large data frame
+// that finds nothing queued (one stream's bulk transfer) is the exception:
+// the send loop writes it in place (sendDirect), which saves copying up to
+// 256 KiB into the queue and a hand-off to the flusher per frame.
 type conn struct {
 	net.Conn
 	ws    *websocket.Conn
