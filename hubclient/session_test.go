@@ -14,6 +14,7 @@ import (
 	"github.com/dsproxy/dsproxy/hubclient"
 	"github.com/dsproxy/dsproxy/internal/dsproxytest"
 	"github.com/dsproxy/dsproxy/internal/sas"
+	"github.com/dsproxy/dsproxy/internal/wire"
 )
 
 // opener opens streams: a ServiceClient or a SessionClient.
@@ -312,5 +313,78 @@ func TestSessionWriteTo(t *testing.T) {
 	var se *hubclient.StreamEndError
 	if !errors.As(err, &se) || got2.String() != "partial" {
 		t.Fatalf("WriteTo of an aborted stream: %q, %v; want \"partial\" and a StreamEndError", got2.String(), err)
+	}
+}
+
+// burstReader is what tunnel uses of a session stream to read a burst
+// from a TCP connection into frames.
+type burstReader interface {
+	ReadBurst(src io.Reader) (n int64, done bool, err error)
+}
+
+// TestSessionReadBurst: ReadBurst sends what its source has, before the
+// hub's answer and after it, stops at a short read or reports the
+// source's EOF, and the device receives it all, in order, a whole frame
+// (wire.MaxFramePayload) per Write of its WriteTo.
+func TestSessionReadBurst(t *testing.T) {
+	w := dsproxytest.NewHub(t)
+	acc := newAccepter()
+	startDevice(t, w, w.AddDevice(t, "dev1"), acc.handle)
+	sc := w.SessionClient(t, w.OwnerConnectionString, nil)
+	svc, err := openVia(t, sc, "dev1", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	br, ok := svc.(burstReader)
+	if !ok {
+		t.Fatalf("a session stream (%T) has no ReadBurst", svc)
+	}
+	var want bytes.Buffer
+	burst := func(size int) (int64, bool) {
+		t.Helper()
+		p := make([]byte, size)
+		rand.Read(p)
+		want.Write(p)
+		n, done, err := br.ReadBurst(bytes.NewReader(p))
+		if err != nil || n != int64(size) {
+			t.Fatalf("ReadBurst of %d bytes: %d, %v", size, n, err)
+		}
+		return n, done
+	}
+	if _, done := burst(1000); done { // before the answer: through Write
+		t.Fatal("ReadBurst reported EOF after a short read")
+	}
+	if err := handshake(svc); err != nil {
+		t.Fatal(err)
+	}
+	dev := acc.next(t)
+	got := make(chan *sizeWriter, 1)
+	go func() {
+		var sw sizeWriter
+		_, err := dev.(io.WriterTo).WriteTo(&sw)
+		if err != nil {
+			t.Errorf("device WriteTo: %v", err)
+		}
+		got <- &sw
+	}()
+	burst(2*wire.MaxFramePayload + 5000)
+	if n, done, err := br.ReadBurst(bytes.NewReader(nil)); n != 0 || !done || err != nil {
+		t.Fatalf("ReadBurst of an empty source: %d, %v, %v; want 0, true, nil", n, done, err)
+	}
+	if err := svc.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	sw := <-got
+	if !bytes.Equal(sw.Bytes(), want.Bytes()) {
+		t.Fatalf("the device got %d bytes, want the %d sent, in order", sw.Len(), want.Len())
+	}
+	full := 0
+	for _, n := range sw.sizes {
+		if n == wire.MaxFramePayload {
+			full++
+		}
+	}
+	if full < 2 {
+		t.Errorf("write sizes %v: want two whole %d-byte frames", sw.sizes, wire.MaxFramePayload)
 	}
 }

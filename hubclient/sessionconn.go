@@ -162,9 +162,9 @@ func (c *sessionConn) nextFrame() error {
 
 // WriteTo copies the stream to w until the peer's half-close or a normal
 // close, which end it with a nil error, or until a failure, reported as
-// Read reports it. Each data frame (up to 64 KiB) reaches w in one Write:
-// io.Copy through Read would split it in two 32 KiB writes, two system
-// calls on a TCP connection. A buffer is held only while a frame is
+// Read reports it. Each data frame (up to wire.MaxFramePayload) reaches w
+// in one Write: io.Copy through Read would split it in 32 KiB writes, a
+// system call each on a TCP connection. A buffer is held only while a frame is
 // copied, so a stream that waits for data costs none. It is a Read: it
 // must not run concurrently with Read.
 func (c *sessionConn) WriteTo(w io.Writer) (int64, error) {
@@ -368,6 +368,78 @@ func (c *sessionConn) Write(p []byte) (int, error) {
 		p = p[k:]
 	}
 	return n, nil
+}
+
+// ReadBurst sends what r has to give as data frames, each read from r
+// straight into the frame that carries it (Write copies p into a frame),
+// until a read comes back short (r has nothing more buffered: wait for r
+// to be readable before calling again), r ends (done), or a read or write
+// fails. It returns the bytes it sent. A frame buffer is held only during
+// the call, so a stream that waits for data costs none. Until the hub has
+// answered, it reads through Write, which keeps what a redirect replays
+// within bounds. A read error from r is returned as it is; a write error
+// as Write reports it.
+func (c *sessionConn) ReadBurst(r io.Reader) (n int64, done bool, err error) {
+	if !c.answered.Load() {
+		return c.readBurstSlow(r)
+	}
+	bp := wire.FrameBuffer()
+	defer wire.PutFrameBuffer(bp)
+	buf := *bp
+	for {
+		k, rerr := r.Read(buf[wire.FrameHeaderSize:])
+		if k > 0 {
+			if err := c.writeFrame(buf[:wire.FrameHeaderSize+k]); err != nil {
+				return n, false, err
+			}
+			n += int64(k)
+		}
+		switch {
+		case rerr == io.EOF:
+			return n, true, nil
+		case rerr != nil:
+			return n, false, rerr
+		case k < len(buf)-wire.FrameHeaderSize:
+			return n, false, nil
+		}
+	}
+}
+
+// readBurstSlow is ReadBurst through Write.
+func (c *sessionConn) readBurstSlow(r io.Reader) (n int64, done bool, err error) {
+	bp := wire.FrameBuffer()
+	defer wire.PutFrameBuffer(bp)
+	buf := (*bp)[:maxPending/2]
+	for {
+		k, rerr := r.Read(buf)
+		if k > 0 {
+			m, err := c.Write(buf[:k])
+			n += int64(m)
+			if err != nil {
+				return n, false, err
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return n, true, nil
+		case rerr != nil:
+			return n, false, rerr
+		case k < len(buf):
+			return n, false, nil
+		}
+	}
+}
+
+// writeFrame sends frame, a data frame's buffer whose header it fills in
+// from the payload that follows it.
+func (c *sessionConn) writeFrame(frame []byte) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writeClosed || c.closed.Load() {
+		return ErrStreamClosed
+	}
+	wire.PutFrameHeader(frame, wire.FrameData, len(frame)-wire.FrameHeaderSize)
+	return c.writeFrames(frame)
 }
 
 // writeFrames writes whole frames, keeping them for a redirect until the

@@ -120,10 +120,25 @@ func copyConn(dst io.Writer, src net.Conn) error {
 	}
 }
 
+// burstReader is a destination that reads a burst from a source itself,
+// into buffers of its own: a session stream reads into the frame that
+// carries the bytes, one copy less (hubclient's sessionConn.ReadBurst). It
+// stops when a read comes back short, or at src's EOF (done).
+type burstReader interface {
+	ReadBurst(src io.Reader) (n int64, done bool, err error)
+}
+
 // copyBurst copies from src to dst with a pooled buffer until a read
 // comes back short (src has nothing more buffered) or src ends; done
 // reports src's EOF.
 func copyBurst(dst io.Writer, src io.Reader) (done bool, err error) {
+	if cw, ok := dst.(*countWriter); ok {
+		if br, ok := cw.w.(burstReader); ok {
+			n, done, err := br.ReadBurst(src)
+			cw.n.Add(n)
+			return done, err
+		}
+	}
 	buf := copyBufs.Get().(*[copyBufSize]byte)
 	defer copyBufs.Put(buf)
 	for {

@@ -26,12 +26,13 @@ import (
 	"time"
 )
 
-// MaxQueued is how many bytes a [Conn] keeps at most: a message of 64 KiB,
-// its frame headers and the TLS overhead of its records, with room to
-// spare for control frames. A hold that gathers more sends what it has and
+// MaxQueued is how many bytes a [Conn] keeps at most: a session's data
+// frame of 256 KiB (wire.MaxFramePayload) in its message, the frame headers
+// and the TLS overhead of its records, with room to spare for control
+// frames, so that the message leaves in one write. A hold that gathers more sends what it has and
 // goes on gathering; a write that would queue more waits for the queue to
 // drain. Memory stays bounded whatever the writers do.
-const MaxQueued = 80 << 10
+const MaxQueued = 272 << 10
 
 // pool recycles queue buffers: a connection owns one only while it has
 // bytes to send, so idle connections cost none.

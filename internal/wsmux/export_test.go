@@ -16,3 +16,6 @@ func Queued(nc net.Conn) int {
 
 // MaxQueued is maxQueued.
 const MaxQueued = maxQueued
+
+// DirectMin is directMin.
+const DirectMin = directMin

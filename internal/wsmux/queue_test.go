@@ -135,3 +135,61 @@ func TestQueueBounded(t *testing.T) {
 		t.Errorf("Close took %s", el)
 	}
 }
+
+// TestDirectKeepsOrder: large data frames, which the writer sends itself
+// instead of queueing, and small frames, queued meanwhile and sent by the
+// flusher, reach the peer in the order written; each large frame leaves
+// whole in a message of its own.
+func TestDirectKeepsOrder(t *testing.T) {
+	srv, cli := pair(t)
+	nc := Conn(context.Background(), srv, nil)
+	sizes := []int{10, 300 << 10, 5, 7, DirectMin, 1, DirectMin - 1, 256 << 10, 3, 64 << 10, 2, 2, 2}
+	const rounds = 5
+	var want []byte
+	written := make(chan error, 1)
+	go func() {
+		for round := range rounds {
+			for i, n := range sizes {
+				hdr, body := dataFrame(n, byte(round*len(sizes)+i))
+				if _, err := nc.Write(hdr); err != nil {
+					written <- err
+					return
+				}
+				if _, err := nc.Write(body); err != nil {
+					written <- err
+					return
+				}
+			}
+		}
+		written <- nil
+	}()
+	for round := range rounds {
+		for i, n := range sizes {
+			hdr, body := dataFrame(n, byte(round*len(sizes)+i))
+			want = append(append(want, hdr...), body...)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got []byte
+	for len(got) < len(want) {
+		_, msg, err := cli.Read(ctx)
+		if err != nil {
+			nc.Close() // ends the writer
+			t.Fatalf("after %d of %d bytes: %v", len(got), len(want), err)
+		}
+		if len(msg) >= 12 && msg[0] == 0 && msg[1] == 0 {
+			if n := int(binary.BigEndian.Uint32(msg[8:12])); n >= DirectMin && len(msg) != 12+n {
+				t.Fatalf("a message of %d bytes starts a %d-byte frame: a large frame did not leave alone and whole", len(msg), n)
+			}
+		}
+		got = append(got, msg...)
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the messages did not carry the frames written, in order")
+	}
+	nc.Close()
+}

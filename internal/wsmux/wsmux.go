@@ -71,10 +71,6 @@ const (
 	typeData   = 0
 )
 
-// keepBuf is the largest message buffer a conn keeps between frames:
-// session streams write at most 64 KiB at a time.
-const keepBuf = 128 << 10
-
 // Batcher gathers the writes that make up one message into one write
 // below TLS (see internal/batch): Hold before the message, Release after.
 type Batcher interface {
@@ -212,9 +208,10 @@ func isClosed(ch chan struct{}) bool {
 // record and a write system call of its own, and system calls were most
 // of the CPU a setup cost. Now the send loop only queues a frame's message,
 // and one flusher writes whatever has queued in one hold of the batcher:
-// one TLS write and one system call for all of them. Under one stream's
-// bulk transfer the flusher stays busy, so the queue costs no extra
-// hand-off per frame.
+// one TLS write and one system call for all of them. A large data frame
+// that finds nothing queued (one stream's bulk transfer) is the exception:
+// the send loop writes it in place (sendDirect), which saves copying up to
+// 256 KiB into the queue and a hand-off to the flusher per frame.
 type conn struct {
 	net.Conn
 	ws    *websocket.Conn
@@ -287,6 +284,15 @@ func (c *conn) Write(p []byte) (int, error) {
 			}
 			return len(p), nil
 		}
+		if len(p) >= directMin {
+			sent, err := c.sendDirect(c.hdr[:], p)
+			if err != nil {
+				return 0, err
+			}
+			if sent {
+				return len(p), nil
+			}
+		}
 		if err := c.enqueue(c.hdr[:], p); err != nil {
 			return 0, err
 		}
@@ -333,6 +339,90 @@ func (c *conn) enqueue(a, b []byte) error {
 		go c.flush(c.idle)
 	}
 	return nil
+}
+
+// directMin is the smallest data frame body that [conn.sendDirect] sends
+// in place rather than queueing: copying a large body into the queue costs
+// more than the wait for the write, and a stream's bulk data comes in
+// frames of up to 256 KiB (wire.MaxFramePayload).
+const directMin = 16 << 10
+
+// sendDirect sends a data frame, header hdr and body body, as one message
+// from the calling goroutine (yamux's send loop), without copying it into
+// the queue, when nothing is queued or being flushed; otherwise it sends
+// nothing and reports sent false, and the frame must be queued. Frames
+// queued while it sends go out after it, by a flusher it starts. So one
+// stream's bulk transfer costs neither the copy nor a hand-off per frame,
+// while a busy session (many streams, a flusher at work) keeps queueing:
+// its send loop goes on while the flusher writes, and frames share
+// messages. It fails as enqueue does, or with the send's error.
+func (c *conn) sendDirect(hdr, body []byte) (sent bool, err error) {
+	c.mu.Lock()
+	switch {
+	case c.err != nil:
+		c.mu.Unlock()
+		return false, fmt.Errorf("write session frame: %w", c.err)
+	case c.closed:
+		c.mu.Unlock()
+		return false, fmt.Errorf("write session frame: %w", net.ErrClosed)
+	case c.flushing || c.q != nil:
+		c.mu.Unlock()
+		return false, nil
+	}
+	// Frames enqueued meanwhile wait behind this one, as behind a flusher.
+	c.flushing = true
+	idle := make(chan struct{})
+	c.idle = idle
+	c.mu.Unlock()
+
+	err = c.sendParts(hdr, body)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil && c.err == nil {
+		c.err = err
+		c.ws.CloseNow() // as in flush: the message may be cut short
+	}
+	if c.err == nil && c.q != nil {
+		c.flushers.Add(1)
+		go c.flush(idle)
+		return true, nil
+	}
+	if c.q != nil {
+		putQueue(c.q)
+		c.q = nil
+	}
+	c.flushing = false
+	close(idle)
+	c.space.Broadcast()
+	if err != nil {
+		return true, fmt.Errorf("write session frame: %w", err)
+	}
+	return true, nil
+}
+
+// sendParts writes hdr and body as one binary message without joining
+// them: the message's WebSocket frames (one per part, and an empty last
+// one) are gathered by the batcher into one write.
+func (c *conn) sendParts(hdr, body []byte) error {
+	if c.b != nil {
+		c.b.Hold()
+	}
+	w, err := c.ws.Writer(c.ctx, websocket.MessageBinary)
+	if err == nil {
+		if _, err = w.Write(hdr); err == nil {
+			_, err = w.Write(body)
+		}
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if c.b != nil {
+		if rerr := c.b.Release(); err == nil {
+			err = rerr
+		}
+	}
+	return err
 }
 
 // flush writes queued messages until the queue is empty or a write fails,
