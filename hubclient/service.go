@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -127,7 +128,7 @@ func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	defer resp.Body.Close()
+	defer closeBody(resp)
 	if resp.StatusCode != http.StatusOK {
 		return nil, hubError(op, resp)
 	}
@@ -170,6 +171,20 @@ func dialStream(ctx context.Context, hc *http.Client, url, token string) (*Conn,
 	// The hub enforces its own limit; accept whatever it relays.
 	ws.SetReadLimit(-1)
 	return newConn(ws, layers), nil
+}
+
+// maxDrain is the most of an answer's unread body closeBody reads so
+// that the connection can carry the next request.
+const maxDrain = 64 << 10
+
+// closeBody reads what is left of a hub's answer, up to maxDrain, and
+// closes it. net/http keeps a connection for the next request only when
+// its last answer was read to the end: without this, every stream
+// initiation after an accepted one (whose JSON body nobody reads) paid a
+// new TCP connection and TLS handshake (issue 6).
+func closeBody(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	resp.Body.Close()
 }
 
 func seconds(d time.Duration) int {
@@ -236,7 +251,7 @@ func (c *ServiceClient) do(ctx context.Context, op, method, path string, hdr htt
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	defer resp.Body.Close()
+	defer closeBody(resp)
 	if resp.StatusCode/100 != 2 {
 		return hubError(op, resp)
 	}
