@@ -164,7 +164,8 @@ const warmKeep = 3 * time.Second
 //     stream request arrives.
 //   - Dial takes the connection dialed ahead to the URL's address, waiting
 //     for one still being dialed, and when a previous stream was opened
-//     within the keep time, dials the next one ahead at once.
+//     within the keep time, dials the next one ahead once the upgrade is
+//     done.
 //   - A connection nobody took is closed after the keep time, so that a
 //     client that opens no streams holds no connection on the hub; Reset
 //     closes it at once (a device's control session ended: the hub may
@@ -265,9 +266,10 @@ func (d *streamDialer) dropLocked() {
 }
 
 // take returns the connection dialed ahead to addr, after waiting for a
-// dial in progress; nil when there is none. It marks a stream opened and, when the
-// previous one was opened within the keep time, dials the next ahead.
-func (d *streamDialer) take(ctx context.Context, addr string) *readyConn {
+// dial in progress; nil when there is none. It marks a stream opened, and
+// reports whether the previous one was opened within the keep time: then
+// the next connection is worth dialing ahead.
+func (d *streamDialer) take(ctx context.Context, addr string) (rc *readyConn, again bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if dialing := d.dialing; dialing != nil {
@@ -281,20 +283,17 @@ func (d *streamDialer) take(ctx context.Context, addr string) *readyConn {
 		}
 		d.mu.Lock()
 		if ctx.Err() != nil {
-			return nil
+			return nil, false
 		}
 	}
-	var rc *readyConn
 	if d.ready != nil && d.ready.addr == addr {
 		d.expiry.Stop()
 		rc, d.ready, d.expiry = d.ready, nil, nil
 	}
 	now := time.Now()
-	if !d.lastOpen.IsZero() && now.Sub(d.lastOpen) < d.keep {
-		d.prepareLocked(addr)
-	}
+	again = !d.lastOpen.IsZero() && now.Sub(d.lastOpen) < d.keep
 	d.lastOpen = now
-	return rc
+	return rc, again
 }
 
 // Reset closes the connection dialed ahead: it may lead to a hub that is
@@ -347,10 +346,26 @@ func (d *streamDialer) directAddr(rawURL string) (string, bool) {
 // Dial connects one side of a stream to the streaming endpoint at rawURL
 // with token, on the connection dialed ahead when there is one.
 func (d *streamDialer) Dial(ctx context.Context, rawURL, token string) (*Conn, error) {
+	addr, direct := d.directAddr(rawURL)
 	var rc *readyConn
-	if addr, ok := d.directAddr(rawURL); ok {
-		rc = d.take(ctx, addr)
+	var again bool
+	if direct {
+		rc, again = d.take(ctx, addr)
 	}
+	c, err := d.dialOn(ctx, rc, rawURL, token)
+	if again {
+		// Only now: the handshake would take the CPU from this stream's
+		// upgrade (issue 6: on two cores a setup is CPU-bound).
+		d.mu.Lock()
+		d.prepareLocked(addr)
+		d.mu.Unlock()
+	}
+	return c, err
+}
+
+// dialOn dials the WebSocket on rc, or on a fresh connection when rc is
+// nil or the hub closed it before answering.
+func (d *streamDialer) dialOn(ctx context.Context, rc *readyConn, rawURL, token string) (*Conn, error) {
 	if rc != nil {
 		c, resp, err := dialStreamOn(ctx, d.base, rc, rawURL, token)
 		if err == nil || resp != nil || ctx.Err() != nil {
