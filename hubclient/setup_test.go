@@ -129,7 +129,9 @@ func TestWarmConnectionUsedOnce(t *testing.T) {
 }
 
 // TestWarmConnectionClosedWhenIdle checks that a connection dialed ahead
-// that no stream takes is closed after the keep time, on both sides.
+// that no stream takes is closed after the keep time, on both sides, and
+// that a client that has opened no stream holds none: an idle device
+// costs the hub no more than its control session.
 func TestWarmConnectionClosedWhenIdle(t *testing.T) {
 	defer hubclient.SetWarmKeep(300 * time.Millisecond)()
 	w := dsproxytest.NewHub(t)
@@ -137,6 +139,9 @@ func TestWarmConnectionClosedWhenIdle(t *testing.T) {
 	a := newAccepter()
 	dev := startDevice(t, w, cs, a.handle)
 	sc := w.ServiceClient(t, w.OwnerConnectionString)
+	if dev.Warm() || sc.Warm() {
+		t.Fatal("a connection dialed ahead before any stream")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
 	defer cancel()
 	for range 2 {
