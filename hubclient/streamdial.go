@@ -189,6 +189,7 @@ type streamDialer struct {
 	dialing  chan struct{} // closed when the dial ahead in progress ends; nil when none
 	expiry   *time.Timer   // closes ready after keep
 	lastOpen time.Time     // when Dial last opened a stream
+	gen      int           // counts Resets: a dial begun before one is not kept
 	closed   bool
 }
 
@@ -223,6 +224,7 @@ func (d *streamDialer) prepareLocked(addr string) {
 	d.dropLocked()
 	done := make(chan struct{})
 	d.dialing = done
+	gen := d.gen
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -236,7 +238,7 @@ func (d *streamDialer) prepareLocked(addr string) {
 		if err != nil {
 			return // the stream's Dial dials itself
 		}
-		if d.closed {
+		if d.closed || d.gen != gen {
 			rc.close()
 			return
 		}
@@ -296,11 +298,12 @@ func (d *streamDialer) take(ctx context.Context, addr string) (rc *readyConn, ag
 	return rc, again
 }
 
-// Reset closes the connection dialed ahead: it may lead to a hub that is
-// gone. A dial in progress is kept.
+// Reset closes the connection dialed ahead, and the one being dialed once
+// it is up: they may lead to a hub that is gone.
 func (d *streamDialer) Reset() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.gen++
 	d.dropLocked()
 }
 
