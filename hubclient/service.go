@@ -161,12 +161,6 @@ func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (
 	return conn, nil
 }
 
-// dialStream connects one side of a stream to the streaming endpoint.
-func dialStream(ctx context.Context, hc *http.Client, url, token string) (*Conn, error) {
-	c, _, err := dialStreamOn(ctx, hc.Transport.(*http.Transport), nil, url, token)
-	return c, err
-}
-
 // dialStreamOn connects one side of a stream to the streaming endpoint,
 // on ready when it is not nil (it is then closed on failure), else on a
 // connection of its own. A failure the hub answered comes with its
