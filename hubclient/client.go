@@ -81,7 +81,7 @@ func newBase(connStr string, hubs []string, tlsCfg *tls.Config, ttl time.Duratio
 	}
 	// net/http reports a refused CONNECT as the bare status text
 	// ("Forbidden"); name the proxy so that the operator knows where to
-	// look. Clone (dialStream) keeps it.
+	// look. Clone (streamTransport) keeps it.
 	tr.OnProxyConnectResponse = proxyRefused
 	return &base{
 		cs:     cs,

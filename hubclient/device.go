@@ -111,7 +111,7 @@ func (r *StreamRequest) Accept(ctx context.Context) (Stream, error) {
 		ctx, cancel = context.WithDeadline(ctx, dl)
 		defer cancel()
 	}
-	conn, err := dialStream(ctx, r.dev.http, r.url, r.token)
+	conn, err := r.dev.streams.Dial(ctx, r.url, r.token)
 	if err != nil {
 		return nil, fmt.Errorf("accept stream %s: %w", r.ID, err)
 	}
@@ -162,6 +162,8 @@ type DeviceClient struct {
 
 	mu        sync.Mutex
 	connected chan struct{} // closed while a session is up
+
+	streams *streamDialer // dials the stream WebSockets (streamdial.go)
 }
 
 // NewDeviceClient checks cfg and returns a client that will hand stream
@@ -184,6 +186,7 @@ func NewDeviceClient(cfg DeviceConfig, h StreamHandler) (*DeviceClient, error) {
 		handler:   h,
 		log:       cfg.Logger.With().Str("device", b.cs.DeviceID).Logger(),
 		connected: make(chan struct{}),
+		streams:   newStreamDialer(b.http.Transport.(*http.Transport)),
 	}, nil
 }
 
@@ -220,6 +223,7 @@ func (c *DeviceClient) setConnected(up bool) {
 // after every handler it started has returned.
 func (c *DeviceClient) Run(ctx context.Context) error {
 	var handlers sync.WaitGroup
+	defer c.streams.Close()
 	defer handlers.Wait()
 	return redial(ctx, c.cfg.MinBackoff, c.cfg.MaxBackoff, c.log, "control session down", func(ctx context.Context) error {
 		return c.session(ctx, &handlers)
@@ -271,6 +275,7 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 	}
 	c.setConnected(true)
 	defer c.setConnected(false)
+	defer c.streams.Reset() // the next session may be with a restarted hub
 	c.log.Info().Str("hub", c.cs.HostName).Msg("control session up")
 
 	for {
@@ -336,6 +341,9 @@ func (c *DeviceClient) serve(ctx context.Context, st *yamux.Stream, addrs [2]net
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
+	if !msg.Inline {
+		c.streams.Prepare(msg.URL) // while the handler decides
+	}
 	req := &StreamRequest{
 		ID:       msg.StreamID,
 		Name:     msg.Name,

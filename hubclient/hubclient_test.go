@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -40,9 +41,15 @@ type device struct {
 // its control session. It stops at cleanup.
 func startDevice(t *testing.T, w *dsproxytest.Hub, connStr string, h hubclient.StreamHandler) *device {
 	t.Helper()
+	return startDeviceTLS(t, w, connStr, w.ClientTLS, h)
+}
+
+// startDeviceTLS is startDevice with the device's own TLS configuration.
+func startDeviceTLS(t *testing.T, w *dsproxytest.Hub, connStr string, tlsCfg *tls.Config, h hubclient.StreamHandler) *device {
+	t.Helper()
 	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{
 		ConnectionString: connStr,
-		TLSConfig:        w.ClientTLS,
+		TLSConfig:        tlsCfg,
 		MinBackoff:       20 * time.Millisecond,
 		MaxBackoff:       200 * time.Millisecond,
 		Logger:           dsproxytest.Logger(t).With().Str("role", "device").Logger(),

@@ -90,7 +90,7 @@ func (b *base) dialMuxAt(ctx context.Context, host, path, subprotocol string, hd
 
 // dialWebSocket dials one WebSocket with the session's transport.
 func dialWebSocket(ctx context.Context, base *http.Transport, url string, hdr http.Header, subprotocol string) (*websocket.Conn, *streamLayers, *http.Response, error) {
-	tr, layers := streamTransport(base)
+	tr, layers := streamTransport(base, nil)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{

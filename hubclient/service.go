@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -64,8 +65,9 @@ type ServiceConfig struct {
 // safe for concurrent use.
 type ServiceClient struct {
 	*base
-	cfg ServiceConfig
-	log zerolog.Logger
+	cfg     ServiceConfig
+	log     zerolog.Logger
+	streams *streamDialer
 }
 
 // NewServiceClient checks cfg and returns a client. It does not contact the
@@ -75,7 +77,7 @@ func NewServiceClient(cfg ServiceConfig) (*ServiceClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ServiceClient{base: b, cfg: cfg, log: cfg.Logger}, nil
+	return &ServiceClient{base: b, cfg: cfg, log: cfg.Logger, streams: newStreamDialer(b.http.Transport.(*http.Transport))}, nil
 }
 
 // newServiceBase is the base of a client with a policy's credential.
@@ -93,9 +95,12 @@ func newServiceBase(cfg ServiceConfig) (*base, error) {
 // HostName is the hub address from the connection string.
 func (c *ServiceClient) HostName() string { return c.cs.HostName }
 
-// Close releases idle connections to the hub. Streams already open are
-// not affected.
-func (c *ServiceClient) Close() { c.close() }
+// Close releases idle connections to the hub, and the one dialed ahead
+// for the next stream. Streams already open are not affected.
+func (c *ServiceClient) Close() {
+	c.streams.Close()
+	c.close()
+}
 
 // OpenStream asks the hub for a stream named name to device deviceID and,
 // when the device accepts, connects to the streaming endpoint. ctx bounds
@@ -123,11 +128,16 @@ func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (
 	if c.cfg.ResponseTimeout > 0 {
 		req.Header.Set(wire.HeaderResponseTimeout, strconv.Itoa(seconds(c.cfg.ResponseTimeout)))
 	}
+	// The stream's WebSocket connection is dialed while the hub asks the
+	// device: the hub names itself in the URL, unless another replica
+	// holds the device.
+	_, host := c.host()
+	c.streams.Prepare("wss://" + host + "/")
 	resp, err := c.roundTrip(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	defer resp.Body.Close()
+	defer closeBody(resp)
 	if resp.StatusCode != http.StatusOK {
 		return nil, hubError(op, resp)
 	}
@@ -144,32 +154,52 @@ func (c *ServiceClient) OpenStream(ctx context.Context, deviceID, name string) (
 	if url == "" || token == "" {
 		return nil, fmt.Errorf("%s: hub accepted without a streaming URL and token", op)
 	}
-	conn, err := dialStream(ctx, c.http, url, token)
+	conn, err := c.streams.Dial(ctx, url, token)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	return conn, nil
 }
 
-// dialStream connects one side of a stream to the streaming endpoint.
+// dialStreamOn connects one side of a stream to the streaming endpoint,
+// on ready when it is not nil (it is then closed on failure), else on a
+// connection of its own. A failure the hub answered comes with its
+// response.
 //
 // The connection is dialed by streamTransport, so that the [Conn] can send
 // each message in one TLS write and one TCP write.
-func dialStream(ctx context.Context, hc *http.Client, url, token string) (*Conn, error) {
-	tr, layers := streamTransport(hc.Transport.(*http.Transport))
+func dialStreamOn(ctx context.Context, base *http.Transport, ready *readyConn, url, token string) (*Conn, *http.Response, error) {
+	tr, layers := streamTransport(base, ready)
 	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 		HTTPClient: &http.Client{Transport: tr},
 		HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},
 	})
 	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, hubError("connect to streaming endpoint", resp)
+		if ready != nil {
+			ready.close()
 		}
-		return nil, fmt.Errorf("connect to streaming endpoint: %w", err)
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, resp, hubError("connect to streaming endpoint", resp)
+		}
+		return nil, resp, fmt.Errorf("connect to streaming endpoint: %w", err)
 	}
 	// The hub enforces its own limit; accept whatever it relays.
 	ws.SetReadLimit(-1)
-	return newConn(ws, layers), nil
+	return newConn(ws, layers), nil, nil
+}
+
+// maxDrain is the most of an answer's unread body closeBody reads so
+// that the connection can carry the next request.
+const maxDrain = 64 << 10
+
+// closeBody reads what is left of a hub's answer, up to maxDrain, and
+// closes it. net/http keeps a connection for the next request only when
+// its last answer was read to the end: without this, every stream
+// initiation after an accepted one (whose JSON body nobody reads) paid a
+// new TCP connection and TLS handshake (issue 6).
+func closeBody(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	resp.Body.Close()
 }
 
 func seconds(d time.Duration) int {
@@ -236,7 +266,7 @@ func (c *ServiceClient) do(ctx context.Context, op, method, path string, hdr htt
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	defer resp.Body.Close()
+	defer closeBody(resp)
 	if resp.StatusCode/100 != 2 {
 		return hubError(op, resp)
 	}
