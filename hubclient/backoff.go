@@ -16,21 +16,32 @@ import (
 // MaxBackoff, drawn from the upper half of the current backoff.
 //
 // When the hub went away on purpose or turned the attempt away on purpose
-// (hubAway: it closed the session with a close frame, nothing listens while
-// it restarts, it answered 503, or its handshake admission refused the
-// attempt with a TLS alert), the wait is drawn from the whole of a window
-// of awayWindow (or MaxBackoff, when smaller), and it does not grow: a
-// fleet that loses its hub at the same instant spreads its reconnects over
-// the window instead of coming back in one wave, and a device that tries
-// while the hub is still down is not pushed later and later by its own
-// failed attempts (issue 6: all devices back within 30 s of a restart).
+// (hubAway), the wait is drawn from the whole of a window (full jitter),
+// and it does not grow, so that a device that tries while the hub is still
+// down is not pushed later and later by its own failed attempts (issue 6:
+// all devices back within 30 s of a restart). The window depends on what
+// the attempt cost the hub:
+//   - nothing, or next to nothing: the hub closed the session with a close
+//     frame, or nothing listens while it restarts (the kernel refuses the
+//     connection). The window is awayFirst: one device, or a small fleet,
+//     is back within a second of the hub.
+//   - the hub was busy: it answered 503, or its handshake admission
+//     refused the attempt with a TLS alert after it waited in line
+//     (hub/handshake.go). The window is awayWindow (or MaxBackoff, when
+//     smaller): a large fleet that came back in one wave and found the
+//     hub at capacity spreads the rest of its reconnects over it, while
+//     the hub works through the ones in line at its own pace.
 // After awayFor of such failures in a row the hub is taken to be down for
 // good, and the waits grow again.
 
-// awayWindow is the window a client's reconnects spread over after the hub
-// went away on purpose: with a hub that takes a few thousand handshakes a
-// second, it spreads 20,000 devices to a rate the hub serves.
+// awayWindow is the window a client's reconnects spread over while the
+// hub turns them away as busy: with a hub that takes a few thousand
+// handshakes a second, it spreads 20,000 devices to a rate the hub serves.
 const awayWindow = 10 * time.Second
+
+// awayFirst is the window a client's reconnects spread over while the hub
+// is away (closed the session, or refuses connections as it restarts).
+const awayFirst = time.Second
 
 // awayFor is how long a run of hubAway failures is waited out with the
 // window before the waits grow again.
@@ -61,6 +72,9 @@ func (b *backoff) next(err error, start, now time.Time) time.Duration {
 		}
 		if now.Sub(b.awaySince) < awayFor {
 			window := min(awayWindow, b.max)
+			if !hubBusy(err) {
+				window = min(awayFirst, window)
+			}
 			return retryAfterOf(err) + rand.N(window+1)
 		}
 	} else {
@@ -88,11 +102,18 @@ func hubAway(err error) bool {
 	if errors.Is(err, errHubClosed) || errors.Is(err, syscall.ECONNREFUSED) {
 		return true
 	}
+	// crypto/tls reports an alert from the peer as a *net.OpError with
+	// Op "remote error".
+	return hubBusy(err)
+}
+
+// hubBusy reports whether err is the hub turning an attempt away because
+// it is busy: a 503, or its handshake admission's TLS alert. hubAway
+// holds for it too.
+func hubBusy(err error) bool {
 	if he := (*HubError)(nil); errors.As(err, &he) {
 		return he.StatusCode == http.StatusServiceUnavailable
 	}
-	// crypto/tls reports an alert from the peer as a *net.OpError with
-	// Op "remote error".
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Op == "remote error"
 }

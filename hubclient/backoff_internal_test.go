@@ -21,41 +21,51 @@ import (
 var refused = &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 
 // TestBackoffAway: while the hub is away on purpose, the waits are drawn
-// from the whole window (full jitter: short ones too) and do not grow,
-// however many attempts fail; a Retry-After is waited on top. After
-// awayFor of them, or after a failure that says nothing about the hub,
-// the waits grow as usual.
+// from the whole of a window (full jitter: short ones too) and do not
+// grow, however many attempts fail: a window of awayFirst while it closed
+// the session or refuses connections (it costs the hub nothing), of
+// awayWindow while it turns attempts away as busy. A Retry-After is
+// waited on top. After awayFor of them, or after a failure that says
+// nothing about the hub, the waits grow as usual.
 func TestBackoffAway(t *testing.T) {
 	const minB, maxB = 100 * time.Millisecond, 30 * time.Second
 	window := min(awayWindow, maxB)
+	busyAlert := &net.OpError{Op: "remote error", Err: errors.New("tls: internal error")}
 	b := newBackoff(minB, maxB)
 	now := time.Now()
 	// A session that was up an hour ends with the hub's close frame,
-	// then the hub's port refuses for a while.
+	// then the hub's port refuses for a while, then its handshake
+	// admission turns attempts away.
 	start := now.Add(-time.Hour)
-	var short, long int
-	for i := range 2000 {
-		err := error(refused)
+	spread := func(what string, first int, err func(i int) error, window time.Duration) {
+		t.Helper()
+		var short, long int
+		for i := range 2000 {
+			w := b.next(err(i), start, now)
+			if w < 0 || w > window {
+				t.Fatalf("%s, attempt %d: wait %s, want within [0, %s]", what, first+i, w, window)
+			}
+			if w < window/10 {
+				short++
+			}
+			if w > window*9/10 {
+				long++
+			}
+			start = now
+			now = now.Add(time.Millisecond) // well within awayFor
+		}
+		// 2,000 draws, about 200 expected in each tenth.
+		if short < 100 || long < 100 {
+			t.Errorf("%s: waits in the first tenth of the window: %d, in the last: %d; want about 200 each (full jitter)", what, short, long)
+		}
+	}
+	spread("closed, then refused", 0, func(i int) error {
 		if i == 0 {
-			err = fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF)
+			return fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF)
 		}
-		w := b.next(err, start, now)
-		if w < 0 || w > window {
-			t.Fatalf("attempt %d: wait %s, want within [0, %s]", i, w, window)
-		}
-		if w < window/10 {
-			short++
-		}
-		if w > window*9/10 {
-			long++
-		}
-		start = now
-		now = now.Add(time.Millisecond) // well within awayFor
-	}
-	// 2,000 draws, about 200 expected in each tenth.
-	if short < 100 || long < 100 {
-		t.Errorf("waits in the first tenth of the window: %d, in the last: %d; want about 200 each (full jitter)", short, long)
-	}
+		return refused
+	}, awayFirst)
+	spread("turned away by the handshake admission", 2000, func(int) error { return busyAlert }, window)
 	if b.cur != minB {
 		t.Errorf("backoff grew to %s while the hub was away", b.cur)
 	}
@@ -112,20 +122,24 @@ func TestHubAway(t *testing.T) {
 		name string
 		err  error
 		want bool
+		busy bool // the hub turned the attempt away as busy
 	}{
-		{"connection refused", fmt.Errorf("connect control session: %w", dialErr), dialErr != nil},
-		{"hub's close frame", fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF), true},
-		{"503", &HubError{StatusCode: http.StatusServiceUnavailable}, true},
-		{"TLS alert (handshake admission)", tlsRefusal(t), true},
-		{"nil", nil, false},
-		{"EOF before the WebSocket", fmt.Errorf("connect control session: %w", io.EOF), false},
-		{"session lost", fmt.Errorf("control session ended: %w", io.ErrUnexpectedEOF), false},
-		{"timeout", fmt.Errorf("connect control session: %w", context.DeadlineExceeded), false},
-		{"429", &HubError{StatusCode: http.StatusTooManyRequests}, false},
-		{"500", &HubError{StatusCode: http.StatusInternalServerError}, false},
+		{"connection refused", fmt.Errorf("connect control session: %w", dialErr), dialErr != nil, false},
+		{"hub's close frame", fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF), true, false},
+		{"503", &HubError{StatusCode: http.StatusServiceUnavailable}, true, true},
+		{"TLS alert (handshake admission)", tlsRefusal(t), true, true},
+		{"nil", nil, false, false},
+		{"EOF before the WebSocket", fmt.Errorf("connect control session: %w", io.EOF), false, false},
+		{"session lost", fmt.Errorf("control session ended: %w", io.ErrUnexpectedEOF), false, false},
+		{"timeout", fmt.Errorf("connect control session: %w", context.DeadlineExceeded), false, false},
+		{"429", &HubError{StatusCode: http.StatusTooManyRequests}, false, false},
+		{"500", &HubError{StatusCode: http.StatusInternalServerError}, false, false},
 	} {
 		if got := hubAway(tc.err); got != tc.want {
 			t.Errorf("%s: hubAway(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
+		if got, want := hubBusy(tc.err), tc.busy; got != want {
+			t.Errorf("%s: hubBusy(%v) = %v, want %v", tc.name, tc.err, got, want)
 		}
 	}
 }

@@ -46,10 +46,11 @@ type DeviceConfig struct {
 	// attempts, which doubles from MinBackoff up to MaxBackoff, with
 	// jitter. While the hub is away on purpose (it closed the session,
 	// nothing listens while it restarts, it answers 503 or turns the
-	// handshake away), the wait is instead drawn from [0, 10 s] (or [0,
-	// MaxBackoff] when that is shorter) and does not grow, so that a
-	// fleet spreads its reconnects after a restart. Zero values mean
-	// 500 ms and 30 s.
+	// handshake away), the wait is instead drawn from [0, 1 s] (closed,
+	// refusing connections) or [0, 10 s] (503, handshake turned away),
+	// at most [0, MaxBackoff], and does not grow, so that a fleet
+	// spreads its reconnects after a restart. Zero values mean 500 ms
+	// and 30 s.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 
