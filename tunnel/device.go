@@ -90,6 +90,9 @@ func (d *Device) HandleStream(ctx context.Context, req *hubclient.StreamRequest)
 	}
 	log = log.With().Str(fieldTarget, t.Addr).Logger()
 	dialer := net.Dialer{Timeout: d.cfg.DialTimeout}
+	if host, _, err := net.SplitHostPort(t.Addr); err == nil {
+		dialer.KeepAlive = keepAliveFor(host)
+	}
 	tc, err := dialer.DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
 		reason := fmt.Sprintf("cannot reach target %s: %s", t.Addr, dialReason(err))
