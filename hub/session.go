@@ -324,9 +324,12 @@ func (s *Server) redirectOpen(yst *yamux.Stream, deviceID, replica string) {
 	})
 }
 
-// streamEnded logs and records the end of a relayed stream.
+// streamEnded logs and records the end of a relayed stream. The line is
+// at debug level: the stream event has the same (and the policy, and the
+// result), and a line per stream at info was a share of a stream's setup
+// (issue 7).
 func (s *Server) streamEnded(st *stream, result, reason string) {
-	st.log.Info().
+	st.log.Debug().
 		Int64("bytes_up", st.bytesUp.Load()).
 		Int64("bytes_down", st.bytesDown.Load()).
 		Stringer("duration", time.Since(st.created).Round(time.Millisecond)).
