@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/dsproxy/dsproxy/hubclient"
 	"github.com/dsproxy/dsproxy/internal/dsproxytest"
@@ -66,6 +67,7 @@ func TestRevocationStopsNewStreams(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
+			c.SetDeadline(time.Now().Add(dsproxytest.WaitTimeout))
 			_, err = c.Read(make([]byte, 1))
 			var he *hubclient.HubError
 			if !errors.As(err, &he) || he.StatusCode != http.StatusNotFound {
@@ -76,4 +78,42 @@ func TestRevocationStopsNewStreams(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSessionPolicyKeyChange: a service session's streams are authorized
+// against the policy's current keys, however many streams the token
+// verified for before: once both keys change in the registry, the next
+// stream is refused with 401; with the old key back, streams go again.
+func TestSessionPolicyKeyChange(t *testing.T) {
+	w := dsproxytest.NewHub(t)
+	w.StartDevice(t, "dev1", "echo="+dsproxytest.Echo(t))
+	ss := w.SessionClient(t, w.OwnerConnectionString, nil)
+	for range 3 {
+		sessionEcho(t, ss, "dev1").Close()
+	}
+	reg := w.Server.Registry()
+	old, err := reg.GetPolicy(ctxFor(t), "iothubowner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := old
+	changed.PrimaryKey, changed.SecondaryKey = sas.NewKey(), sas.NewKey()
+	if err := reg.PutPolicy(ctxFor(t), changed); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ss.OpenStream(ctxFor(t), "dev1", "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(dsproxytest.WaitTimeout))
+	_, err = c.Read(make([]byte, 1))
+	var he *hubclient.HubError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
+		t.Errorf("stream after the key change: %v, want a 401", err)
+	}
+	if err := reg.PutPolicy(ctxFor(t), old); err != nil {
+		t.Fatal(err)
+	}
+	sessionEcho(t, ss, "dev1").Close()
 }
