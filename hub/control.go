@@ -45,11 +45,22 @@ type session struct {
 	// (replaced by a newer session, device revoked, hub shutting down);
 	// set before the session is added, called by end.
 	stop context.CancelCauseFunc
+	// ended is set by end, before the session's goroutine closes it: no
+	// new stream goes over a session from then on (see Server.initiate).
+	ended atomic.Bool
 }
 
 // end asks the session's goroutine to close the session, for why; it does
-// not wait. Only the first reason counts.
-func (c *session) end(why error) { c.stop(why) }
+// not wait. Only the first reason counts. From its return, ending reports
+// true.
+func (c *session) end(why error) {
+	c.ended.Store(true)
+	c.stop(why)
+}
+
+// ending reports whether end was called: the session is being closed
+// (replaced, revoked, the hub shutting down) and takes no new stream.
+func (c *session) ending() bool { return c.ended.Load() }
 
 // errSessionGone reports a control session that ended while a request was
 // being delivered over it.

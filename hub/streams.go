@@ -281,43 +281,59 @@ type refusal struct {
 func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.StreamResponse, *yamux.Stream, *refusal) {
 	var none wire.StreamResponse
 	id, name, policy := in.deviceID, in.name, in.policy
-	log := s.log.With().Str(fieldDevice, id).Str(fieldName, name).Str(fieldPolicy, policy).Logger()
+	// Built only for a refusal before the stream exists (the stream has
+	// its own): an initiation that goes through allocates no logger here.
+	log := func() zerolog.Logger {
+		return s.log.With().Str(fieldDevice, id).Str(fieldName, name).Str(fieldPolicy, policy).Logger()
+	}
 	refuse := func(log zerolog.Logger, result string, aerr *apiError, retryAfter time.Duration) *refusal {
 		s.refused(log, id, name, policy, result, aerr)
 		return &refusal{aerr, retryAfter}
 	}
 	if !in.routed {
 		if le := s.lim.allow(policy, time.Now()); le != nil {
-			return nil, none, nil, refuse(log, "throttled", errThrottled(le), le.retryAfter)
+			return nil, none, nil, refuse(log(), "throttled", errThrottled(le), le.retryAfter)
 		}
 	}
 	if !s.track() {
-		return nil, none, nil, refuse(log, resultShutdown, errHubShuttingDown(), 0)
+		return nil, none, nil, refuse(log(), resultShutdown, errHubShuttingDown(), 0)
 	}
 	defer s.conns.Done()
 
-	dev, err := s.reg.GetDevice(ctx, id)
-	switch {
-	case errors.Is(err, registry.ErrNotFound):
-		return nil, none, nil, refuse(log, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceNotFound, "DeviceNotFound",
-			fmt.Sprintf("device %q is not registered on this hub", id)}, 0)
-	case err != nil:
-		return nil, none, nil, refuse(log, "error", &apiError{http.StatusInternalServerError, wire.CodeInternal, "ServerError", "registry unavailable"}, 0)
-	case dev.Status != registry.StatusEnabled:
-		return nil, none, nil, refuse(log, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
-			fmt.Sprintf("device %q is disabled", id)}, 0)
-	}
+	// The device's session vouches for the device on a single hub: the
+	// device signed in with its key while enabled, and every change to
+	// the device (disable, delete, a replaced key) goes through this hub,
+	// which ends the sessions it no longer allows before it answers
+	// (deviceChanged), so from then on they are ending. Without such a
+	// session, or with replicas (whose changes arrive later, over NATS),
+	// the registry decides, and says why a device cannot be reached.
 	sess := s.sessionFor(id)
+	if sess == nil || sess.ending() || s.cluster != nil {
+		dev, err := s.reg.GetDevice(ctx, id)
+		switch {
+		case errors.Is(err, registry.ErrNotFound):
+			return nil, none, nil, refuse(log(), "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceNotFound, "DeviceNotFound",
+				fmt.Sprintf("device %q is not registered on this hub", id)}, 0)
+		case err != nil:
+			return nil, none, nil, refuse(log(), "error", &apiError{http.StatusInternalServerError, wire.CodeInternal, "ServerError", "registry unavailable"}, 0)
+		case dev.Status != registry.StatusEnabled:
+			return nil, none, nil, refuse(log(), "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
+				fmt.Sprintf("device %q is disabled", id)}, 0)
+		}
+		if sess = s.sessionFor(id); sess != nil && sess.ending() {
+			sess = nil // being closed: revoked, replaced or the hub stopping
+		}
+	}
 	switch {
 	case sess == nil:
-		return nil, none, nil, refuse(log, "unavailable", errNotConnected(id), 0)
+		return nil, none, nil, refuse(log(), "unavailable", errNotConnected(id), 0)
 	case in.inline && !sess.inline:
-		return nil, none, nil, refuse(log, "error", &apiError{http.StatusNotImplemented, wire.CodeNotImplemented, "NotImplemented",
+		return nil, none, nil, refuse(log(), "error", &apiError{http.StatusNotImplemented, wire.CodeNotImplemented, "NotImplemented",
 			fmt.Sprintf("device %q runs a dsproxy that takes no session streams: upgrade it, or use per-stream mode", id)}, 0)
 	}
 
 	if le := s.lim.admit(id); le != nil {
-		return nil, none, nil, refuse(log, "throttled", errThrottled(le), le.retryAfter)
+		return nil, none, nil, refuse(log(), "throttled", errThrottled(le), le.retryAfter)
 	}
 	st := s.newStream(id, name, policy)
 	st.inline, st.svc = in.inline, in.svc

@@ -295,10 +295,11 @@ func (c *SessionClient) remember(deviceID, host string) {
 // [ServiceClient.OpenStream]). Data written before that is discarded when
 // the stream is refused. ctx bounds the wait for a session only.
 func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (Stream, error) {
-	op := fmt.Sprintf("open stream %q to device %q", name, deviceID)
+	// Formatted for an error only: most streams never need it (issue 7).
+	op := func() string { return fmt.Sprintf("open stream %q to device %q", name, deviceID) }
 	s, err := c.route(ctx, deviceID)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, fmt.Errorf("%s: %w", op(), err)
 	}
 	req := wire.OpenStream{DeviceID: deviceID, Name: name}
 	if c.cfg.ConnectTimeout > 0 {
@@ -309,7 +310,7 @@ func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (
 	}
 	st, err := openOn(s, &req)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, fmt.Errorf("%s: %w", op(), err)
 	}
 	answer := func(st *yamux.Stream) (string, error) {
 		var res wire.OpenResult
@@ -318,15 +319,15 @@ func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (
 			case errors.Is(err, yamux.ErrTimeout):
 				return "", err
 			case st.Session().IsClosed():
-				return "", fmt.Errorf("%s: %w", op, ErrSessionLost)
+				return "", fmt.Errorf("%s: %w", op(), ErrSessionLost)
 			}
-			return "", fmt.Errorf("%s: no answer from the hub: %w", op, err)
+			return "", fmt.Errorf("%s: no answer from the hub: %w", op(), err)
 		}
 		switch {
 		case res.Status == wire.StatusRedirect && res.Replica != "":
 			return res.Replica, nil
 		case res.Status != http.StatusOK:
-			return "", &HubError{Op: op, StatusCode: res.Status, Code: res.ErrorCode, Message: res.Message,
+			return "", &HubError{Op: op(), StatusCode: res.Status, Code: res.ErrorCode, Message: res.Message,
 				RetryAfter: time.Duration(max(res.RetryAfter, 0)) * time.Second}
 		case !res.Accepted:
 			return "", &RejectedError{DeviceID: deviceID, Name: name, Reason: orDefault(res.Reason, "no reason given")}
@@ -338,11 +339,11 @@ func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (
 		defer cancel()
 		s, err := c.sessionAt(ctx, host)
 		if err != nil {
-			return nil, fmt.Errorf("%s: the device is on hub replica %s: %w", op, host, err)
+			return nil, fmt.Errorf("%s: the device is on hub replica %s: %w", op(), host, err)
 		}
 		st, err := openOn(s, &req)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", op, err)
+			return nil, fmt.Errorf("%s: %w", op(), err)
 		}
 		c.remember(deviceID, host)
 		return st, nil

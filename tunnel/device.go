@@ -80,16 +80,19 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 // the target until both directions end. It blocks until then; ctx ending
 // closes both.
 func (d *Device) HandleStream(ctx context.Context, req *hubclient.StreamRequest) {
-	log := d.log.With().Str(fieldStream, req.ID).Str(fieldName, req.Name).Logger()
 	t, ok := lookup(d.cfg.Targets, req.Name)
 	if !ok {
 		reason := fmt.Sprintf("no target named %q on this device (it serves %s)", req.Name, names(d.cfg.Targets))
-		log.Info().Str("reason", reason).Msg("stream rejected")
+		d.log.Info().Str(fieldStream, req.ID).Str(fieldName, req.Name).Str("reason", reason).Msg("stream rejected")
 		_ = req.Reject(reason)
 		return
 	}
-	log = log.With().Str(fieldTarget, t.Addr).Logger()
+	// One child logger per stream, with every field its lines share.
+	log := d.log.With().Str(fieldStream, req.ID).Str(fieldName, req.Name).Str(fieldTarget, t.Addr).Logger()
 	dialer := net.Dialer{Timeout: d.cfg.DialTimeout}
+	if host, _, err := net.SplitHostPort(t.Addr); err == nil {
+		dialer.KeepAlive = keepAliveFor(host)
+	}
 	tc, err := dialer.DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
 		reason := fmt.Sprintf("cannot reach target %s: %s", t.Addr, dialReason(err))

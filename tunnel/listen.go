@@ -1,11 +1,14 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Listen opens the local listening socket of a service proxy. addr is
@@ -18,13 +21,13 @@ func Listen(addr string) (net.Listener, error) {
 		return nil, err
 	}
 	if host != "" {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, port))
+		ln, err := listenTCP(host, port)
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", addr, err)
 		}
 		return ln, nil
 	}
-	v4, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", port))
+	v4, err := listenTCP("127.0.0.1", port)
 	if err != nil {
 		return nil, fmt.Errorf("listen on 127.0.0.1:%s: %w", port, err)
 	}
@@ -32,12 +35,35 @@ func Listen(addr string) (net.Listener, error) {
 		// A random port: a second family would get a different one.
 		return v4, nil
 	}
-	v6, err := net.Listen("tcp", net.JoinHostPort("::1", port))
+	v6, err := listenTCP("::1", port)
 	if err != nil {
 		// No IPv6 loopback here: IPv4 alone is fine.
 		return v4, nil
 	}
 	return newMultiListener(v4, v6), nil
+}
+
+// listenTCP listens on host:port. Connections accepted on a loopback
+// address get no TCP keepalive: the kernel ends them when the peer's
+// process goes, and the four socket options per connection are a share of
+// a stream's setup (issue 7).
+func listenTCP(host, port string) (net.Listener, error) {
+	var lc net.ListenConfig
+	lc.KeepAlive = keepAliveFor(host)
+	return lc.Listen(context.Background(), "tcp", net.JoinHostPort(host, port))
+}
+
+// keepAliveFor is the TCP keepalive period for connections to or from
+// host: off (-1) for a loopback address or "localhost", Go's default (0)
+// otherwise.
+func keepAliveFor(host string) time.Duration {
+	if host == "localhost" {
+		return -1
+	}
+	if a, err := netip.ParseAddr(host); err == nil && a.Unmap().IsLoopback() {
+		return -1
+	}
+	return 0
 }
 
 // splitListen parses "[host:]port".

@@ -104,23 +104,26 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 
 // carry opens a stream for one accepted connection and joins the two.
 func (s *Service) carry(ctx context.Context, c net.Conn) {
-	log := s.log.With().Str(fieldRemote, c.RemoteAddr().String()).Logger()
+	// The remote address goes on each line rather than into a child
+	// logger: a connection logs once, and a child logger is built per
+	// connection (issue 7).
+	remote := c.RemoteAddr().String()
 	start := time.Now()
 	sc, err := s.opener.OpenStream(ctx, s.cfg.DeviceID, s.cfg.StreamName)
 	if err != nil {
 		abortConn(c)
 		if ctx.Err() == nil {
-			log.Warn().Str("reason", err.Error()).Msg("stream not opened")
+			s.log.Warn().Str(fieldRemote, remote).Str("reason", err.Error()).Msg("stream not opened")
 		}
 		return
 	}
 	stats, err := Join(ctx, c, sc)
 	if notOpened(err) && ctx.Err() == nil {
 		// A session stream's refusal comes on its first read.
-		log.Warn().Str("reason", err.Error()).Msg("stream not opened")
+		s.log.Warn().Str(fieldRemote, remote).Str("reason", err.Error()).Msg("stream not opened")
 		return
 	}
-	logEnd(log.Info(), stats.AToB, stats.BToA, start, err).Msg("connection ended")
+	logEnd(s.log.Info().Str(fieldRemote, remote), stats.AToB, stats.BToA, start, err).Msg("connection ended")
 }
 
 // handshaker is a stream that can wait for the hub's answer to its

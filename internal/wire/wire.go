@@ -136,16 +136,25 @@ func (r *StreamResponse) Validate() error {
 
 // WriteMessage writes v as one length-prefixed JSON control message.
 func WriteMessage(w io.Writer, v any) error {
-	body, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encode control message: %w", err)
+	var buf []byte
+	if a, ok := v.(appender); ok {
+		buf, ok = a.appendJSON(make([]byte, 4, 256))
+		if !ok {
+			buf = nil
+		}
 	}
+	if buf == nil { // not a message of codec.go, or not a plain one
+		body, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode control message: %w", err)
+		}
+		buf = append(make([]byte, 4, 4+len(body)), body...)
+	}
+	body := buf[4:]
 	if len(body) > MaxMessageSize {
 		return ErrTooLarge
 	}
-	buf := make([]byte, 4+len(body))
 	binary.BigEndian.PutUint32(buf, uint32(len(body)))
-	copy(buf[4:], body)
 	if _, err := w.Write(buf); err != nil {
 		return fmt.Errorf("write control message: %w", err)
 	}
@@ -173,6 +182,9 @@ func ReadMessage(r io.Reader, v any) error {
 			err = io.ErrUnexpectedEOF
 		}
 		return fmt.Errorf("read control message: %w", err)
+	}
+	if d, ok := v.(decoder); ok && d.decodeJSON(body) {
+		return nil
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("decode control message: %w", err)
