@@ -289,9 +289,8 @@ func (c *sessionConn) handshake() error {
 		}
 		if host == "" {
 			// The next write drops pending: taking writeMu here could wait
-			// for a write that waits for this side to read. It sends
-			// frames of the device's size from then on (answered orders
-			// the store before it).
+			// for a write that waits for this side to read. Frames are
+			// of the size the device accepts from then on.
 			c.maxFrame.Store(int32(wire.FrameLimit(maxFrame)))
 			c.answer, c.reopen = nil, nil
 			c.answered.Store(true)
