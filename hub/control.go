@@ -34,6 +34,10 @@ type session struct {
 	epoch    int64         // the session's number among the device's, across replicas (cluster.go)
 	up       chan struct{} // closed once SessionReady is sent
 	inline   bool          // the device takes inline stream requests
+	// largeFrames: the device accepts data frames of up to
+	// wire.MaxFramePayload (wire.FeatureLargeFrames), else of up to
+	// wire.LegacyFramePayload.
+	largeFrames bool
 
 	// active counts the inline streams the session carries; quiet gets a
 	// token whenever it drops to zero. A session that is replaced or that
@@ -209,6 +213,7 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
+	features := headerTokens(r.Header, wire.HeaderFeatures)
 	c := &session{
 		deviceID: id,
 		mux:      mux,
@@ -217,8 +222,10 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		token:    tok,
 		since:    time.Now(),
 		up:       make(chan struct{}),
-		inline:   slices.Contains(headerTokens(r.Header, wire.HeaderFeatures), wire.FeatureInline),
+		inline:   slices.Contains(features, wire.FeatureInline),
 		quiet:    make(chan struct{}, 1),
+
+		largeFrames: slices.Contains(features, wire.FeatureLargeFrames),
 	}
 	// The session outlives the request (its context is the hub's). Its
 	// setup (the claim, the replacement of an older session, the ready

@@ -267,12 +267,17 @@ func (r *rawRequest) answer(t *testing.T, accepted bool, reason string) {
 }
 
 // connectRawDevice opens a control session for id with the Authorization
-// header value auth and waits for the hub's SessionReady. It fails the test
-// if the hub refuses; see dialWS for a refusal's status.
-func connectRawDevice(t *testing.T, w *dsproxytest.Hub, id, auth string) *rawDevice {
+// header value auth, announcing features (wire.HeaderFeatures), and waits
+// for the hub's SessionReady. It fails the test if the hub refuses; see
+// dialWS for a refusal's status.
+func connectRawDevice(t *testing.T, w *dsproxytest.Hub, id, auth string, features ...string) *rawDevice {
 	t.Helper()
+	hdr := http.Header{"Authorization": {auth}}
+	if len(features) > 0 {
+		hdr.Set(wire.HeaderFeatures, strings.Join(features, ","))
+	}
 	ws, status := dialWS(t, w, "/devices/"+url.PathEscape(id)+"/control?api-version=2020-09-30",
-		http.Header{"Authorization": {auth}}, wire.ControlSubprotocol)
+		hdr, wire.ControlSubprotocol)
 	if ws == nil {
 		t.Fatalf("control session for %q refused with %d", id, status)
 	}

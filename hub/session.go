@@ -42,6 +42,10 @@ type svcSession struct {
 	token  sas.Token // the service signed in with
 	since  time.Time
 	log    zerolog.Logger
+	// largeFrames: the service accepts data frames of up to
+	// wire.MaxFramePayload (wire.FeatureLargeFrames), else of up to
+	// wire.LegacyFramePayload.
+	largeFrames bool
 
 	// verified holds the policy's keys (primary, secondary) that token
 	// last verified with. The check depends on nothing else that changes
@@ -73,7 +77,8 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	}
 	defer watched()
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
-	ss := &svcSession{policy: p.policy, token: tok, since: time.Now(), log: log}
+	ss := &svcSession{policy: p.policy, token: tok, since: time.Now(), log: log,
+		largeFrames: slices.Contains(headerTokens(r.Header, wire.HeaderFeatures), wire.FeatureLargeFrames)}
 	log.Info().Msg("service session up")
 	s.svcSessions.Add(1)
 	defer s.svcSessions.Add(-1)
@@ -216,13 +221,14 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 	}
 	if aerr != nil {
 		ss.log.Debug().Str(fieldDevice, req.DeviceID).Str("reason", aerr.msg).Msg("session stream refused")
-		s.answerOpen(yst, &refusal{apiError: aerr}, nil, wire.StreamResponse{})
+		s.answerOpen(yst, &refusal{apiError: aerr}, nil, wire.StreamResponse{}, 0)
 		return
 	}
 
 	sp := &splice{s: s, ends: make(chan end, 3), idle: s.watchIdle()}
 	defer sp.idle.stop()
 	sp.conns[sideService] = yst
+	sp.limit[sideService] = frameLimit(ss.largeFrames)
 	in := initiation{
 		policy: ss.policy, deviceID: req.DeviceID, name: req.Name,
 		connectTO:  clampSeconds(req.ConnectTimeout, s.cfg.ConnectTimeout, s.cfg.MaxRequestTimeout),
@@ -233,6 +239,9 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 			// The service's first bytes follow the request at once. Its
 			// end, should it come first, waits in sp.ends: the stream
 			// ends as soon as it is relayed, and the device sees why.
+			s.mu.Lock()
+			sp.limit[sideDevice] = frameLimit(st.sess.largeFrames)
+			s.mu.Unlock()
 			sp.st, sp.conns[sideDevice] = st, ctl
 			sp.run(sideService)
 		},
@@ -242,14 +251,18 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 		// Refused, rejected or abandoned: stop the service's data.
 		_ = yst.SetReadDeadline(time.Now())
 		sp.wg.Wait()
-		s.answerOpen(yst, ref, st, resp)
+		s.answerOpen(yst, ref, st, resp, 0)
 		return
 	}
 	s.mu.Lock()
 	sess := st.sess
 	s.mu.Unlock()
 	defer sess.release(ctl)
-	if err := s.answerOpen(yst, nil, st, resp); err != nil {
+	maxFrame := 0 // the device accepts wire.LegacyFramePayload
+	if sess.largeFrames {
+		maxFrame = wire.MaxFramePayload
+	}
+	if err := s.answerOpen(yst, nil, st, resp, maxFrame); err != nil {
 		st.log.Debug().Err(err).Msg("service gone before the answer")
 	}
 	result, reason := sp.relay(st)
@@ -257,6 +270,15 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 	s.endLocked(st)
 	s.mu.Unlock()
 	s.streamEnded(st, result, reason)
+}
+
+// frameLimit is the largest data payload a side accepts, by whether it
+// announced wire.FeatureLargeFrames.
+func frameLimit(large bool) int {
+	if large {
+		return wire.MaxFramePayload
+	}
+	return wire.LegacyFramePayload
 }
 
 // openErr turns an invalid OpenStream into a 400.
@@ -304,9 +326,10 @@ func (s *Server) authorizeSession(ctx context.Context, ss *svcSession, deviceID 
 }
 
 // answerOpen writes the OpenResult of a session stream: ref's error, the
-// device's rejection, or acceptance. With neither ref nor st (the service
-// went away first) it writes nothing.
-func (s *Server) answerOpen(yst *yamux.Stream, ref *refusal, st *stream, resp wire.StreamResponse) error {
+// device's rejection, or acceptance, with maxFrame, the largest data
+// payload the device accepts (0 for wire.LegacyFramePayload). With neither
+// ref nor st (the service went away first) it writes nothing.
+func (s *Server) answerOpen(yst *yamux.Stream, ref *refusal, st *stream, resp wire.StreamResponse, maxFrame int) error {
 	var res wire.OpenResult
 	switch {
 	case ref != nil:
@@ -319,6 +342,9 @@ func (s *Server) answerOpen(yst *yamux.Stream, ref *refusal, st *stream, resp wi
 		return nil
 	default:
 		res = wire.OpenResult{StreamID: st.id, Status: http.StatusOK, Accepted: resp.Accepted, Reason: resp.Reason}
+		if resp.Accepted {
+			res.MaxFrame = maxFrame
+		}
 	}
 	_ = yst.SetWriteDeadline(time.Now().Add(s.cfg.ConnectionWriteTimeout))
 	defer yst.SetWriteDeadline(time.Time{})
@@ -357,6 +383,9 @@ type splice struct {
 	conns [2]*yamux.Stream // by side
 	idle  *idleWatch       // nil when the idle timeout is off
 	ends  chan end         // one per pump, and one to spare
+	// limit is, by side, the largest data payload it accepts (see
+	// frameLimit); set with conns.
+	limit [2]int
 
 	// mu[sd] is held while a frame is written to side sd; after shut[sd]
 	// nothing more is.
@@ -424,7 +453,8 @@ func (sp *splice) relay(st *stream) (result, reason string) {
 }
 
 // pump copies frames from side from to the other side until a close
-// frame, an error or the end of from's stream.
+// frame, an error, a data frame larger than the other side accepts or the
+// end of from's stream.
 func (sp *splice) pump(from side) end {
 	to := 1 - from
 	src := sp.conns[from]
@@ -436,6 +466,12 @@ func (sp *splice) pump(from side) end {
 		typ, n, err := wire.ParseFrameHeader(h[:])
 		if err != nil {
 			return end{from: from, err: fmt.Errorf("%w: %v", errUnframed, err)}
+		}
+		if typ == wire.FrameData && n > sp.limit[to] {
+			// A peer that sends more than was negotiated (wire.OpenResult,
+			// wire.StreamRequest): relayed, it would break the other side's
+			// stream with a bad frame; ended here, both sides learn why.
+			return oversized(from, n, sp.limit[to])
 		}
 		if typ == wire.FrameClose {
 			b := make([]byte, n)
@@ -466,6 +502,16 @@ func (sp *splice) pump(from side) end {
 		} else if typ == wire.FrameData {
 			sp.st.bytesDown.Add(int64(n))
 		}
+	}
+}
+
+// oversized is the end of a stream whose side from sent a data frame of n
+// bytes to a side that accepts at most limit.
+func oversized(from side, n, limit int) end {
+	why := fmt.Sprintf("%s sent a %d-byte frame; the %s accepts %d", from, n, 1-from, limit)
+	return end{
+		from: from, code: websocket.StatusProtocolError, why: why,
+		result: causeError, reason: "protocol error: " + why,
 	}
 }
 

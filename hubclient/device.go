@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,10 @@ type DeviceConfig struct {
 
 	// Logger receives the client's logs. The zero value logs nothing.
 	Logger zerolog.Logger
+
+	// legacyFrames makes the device announce no wire.FeatureLargeFrames,
+	// as a build before it (a test hook: export_test.go).
+	legacyFrames bool
 }
 
 // StreamHandler handles one stream request. It must call exactly one of
@@ -86,6 +91,7 @@ type StreamRequest struct {
 	ctl      *yamux.Stream // the control stream the answer goes on
 	ctlAddrs [2]net.Addr   // the control session's local and remote addresses
 	inline   bool          // the data follows on ctl (see Accept)
+	maxFrame int           // of an inline request: what the service accepts (wire.StreamRequest.MaxFrame)
 	answered bool
 }
 
@@ -99,7 +105,7 @@ func (r *StreamRequest) Accept(ctx context.Context) (Stream, error) {
 		if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
 			return nil, err
 		}
-		return newSessionConn(r.ctl, r.ctlAddrs[0], r.ctlAddrs[1], nil, nil), nil
+		return newSessionConn(r.ctl, r.ctlAddrs[0], r.ctlAddrs[1], r.maxFrame, nil, nil), nil
 	}
 	if err := r.answer(wire.StreamResponse{Accepted: true}); err != nil {
 		return nil, err
@@ -234,8 +240,12 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 // session dials the hub, serves stream requests until the session ends,
 // and returns why it ended.
 func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) error {
+	features := []string{wire.FeatureInline, wire.FeatureLargeFrames}
+	if c.cfg.legacyFrames {
+		features = features[:1]
+	}
 	ws, layers, err := c.dialMux(ctx, "/devices/"+pathEscape(c.cs.DeviceID)+"/control?api-version=2020-09-30",
-		wire.ControlSubprotocol, http.Header{wire.HeaderFeatures: {wire.FeatureInline}}, "control session")
+		wire.ControlSubprotocol, http.Header{wire.HeaderFeatures: {strings.Join(features, ",")}}, "control session")
 	if err != nil {
 		return err
 	}
@@ -355,6 +365,7 @@ func (c *DeviceClient) serve(ctx context.Context, st *yamux.Stream, addrs [2]net
 		ctl:      st,
 		ctlAddrs: addrs,
 		inline:   msg.Inline,
+		maxFrame: msg.MaxFrame,
 	}
 	c.handler(ctx, req)
 	if !req.answered {

@@ -23,3 +23,12 @@ func (c *DeviceClient) Warm() bool { return c.streams.warm() }
 
 // Warm reports whether the client holds a connection dialed ahead.
 func (c *ServiceClient) Warm() bool { return c.streams.warm() }
+
+// LegacyDeviceFrames makes a device announce no large frames on its
+// control session, as a build before them: it accepts data frames of up
+// to wire.LegacyFramePayload only.
+func LegacyDeviceFrames(c *DeviceConfig) { c.legacyFrames = true }
+
+// LegacyServiceFrames makes a session client announce no large frames on
+// its sessions, as a build before them.
+func LegacyServiceFrames(c *ServiceConfig) { c.legacyFrames = true }

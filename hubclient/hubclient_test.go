@@ -38,22 +38,27 @@ type device struct {
 }
 
 // startDevice runs a DeviceClient for connStr with handler h and waits for
-// its control session. It stops at cleanup.
-func startDevice(t *testing.T, w *dsproxytest.Hub, connStr string, h hubclient.StreamHandler) *device {
+// its control session; configure, if any, adjusts its configuration. It
+// stops at cleanup.
+func startDevice(t *testing.T, w *dsproxytest.Hub, connStr string, h hubclient.StreamHandler, configure ...func(*hubclient.DeviceConfig)) *device {
 	t.Helper()
-	return startDeviceTLS(t, w, connStr, w.ClientTLS, h)
+	return startDeviceTLS(t, w, connStr, w.ClientTLS, h, configure...)
 }
 
 // startDeviceTLS is startDevice with the device's own TLS configuration.
-func startDeviceTLS(t *testing.T, w *dsproxytest.Hub, connStr string, tlsCfg *tls.Config, h hubclient.StreamHandler) *device {
+func startDeviceTLS(t *testing.T, w *dsproxytest.Hub, connStr string, tlsCfg *tls.Config, h hubclient.StreamHandler, configure ...func(*hubclient.DeviceConfig)) *device {
 	t.Helper()
-	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{
+	cfg := hubclient.DeviceConfig{
 		ConnectionString: connStr,
 		TLSConfig:        tlsCfg,
 		MinBackoff:       20 * time.Millisecond,
 		MaxBackoff:       200 * time.Millisecond,
 		Logger:           dsproxytest.Logger(t).With().Str("role", "device").Logger(),
-	}, h)
+	}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	dc, err := hubclient.NewDeviceClient(cfg, h)
 	if err != nil {
 		t.Fatal(err)
 	}

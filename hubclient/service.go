@@ -59,6 +59,10 @@ type ServiceConfig struct {
 
 	// Logger receives debug logs. The zero value logs nothing.
 	Logger zerolog.Logger
+
+	// legacyFrames makes a session announce no wire.FeatureLargeFrames,
+	// as a build before it (a test hook: export_test.go).
+	legacyFrames bool
 }
 
 // ServiceClient opens streams to devices and calls the registry. It is

@@ -163,9 +163,18 @@ func sessionEnd(mux *yamux.Session) error {
 // sessionPath is the hub's service session endpoint.
 const sessionPath = "/service/session?api-version=2020-09-30"
 
+// features is the dsproxy-features header of a service session: the
+// service accepts data frames of up to wire.MaxFramePayload.
+func (c *SessionClient) features() http.Header {
+	if c.cfg.legacyFrames {
+		return nil
+	}
+	return http.Header{wire.HeaderFeatures: {wire.FeatureLargeFrames}}
+}
+
 // dial connects a session.
 func (c *SessionClient) dial(ctx context.Context) (*clientSession, error) {
-	ws, layers, err := c.dialMux(ctx, sessionPath, wire.SessionSubprotocol, nil, "session")
+	ws, layers, err := c.dialMux(ctx, sessionPath, wire.SessionSubprotocol, c.features(), "session")
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +223,7 @@ func (c *SessionClient) sessionAt(ctx context.Context, host string) (*clientSess
 	if s := c.other(host); s != nil {
 		return s, nil
 	}
-	ws, layers, resp, err := c.dialMuxAt(ctx, host, sessionPath, wire.SessionSubprotocol, nil)
+	ws, layers, resp, err := c.dialMuxAt(ctx, host, sessionPath, wire.SessionSubprotocol, c.features())
 	if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 		return nil, hubError("connect session at "+host, resp)
 	}
@@ -312,27 +321,27 @@ func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op(), err)
 	}
-	answer := func(st *yamux.Stream) (string, error) {
+	answer := func(st *yamux.Stream) (string, int, error) {
 		var res wire.OpenResult
 		if err := wire.ReadMessage(st, &res); err != nil {
 			switch {
 			case errors.Is(err, yamux.ErrTimeout):
-				return "", err
+				return "", 0, err
 			case st.Session().IsClosed():
-				return "", fmt.Errorf("%s: %w", op(), ErrSessionLost)
+				return "", 0, fmt.Errorf("%s: %w", op(), ErrSessionLost)
 			}
-			return "", fmt.Errorf("%s: no answer from the hub: %w", op(), err)
+			return "", 0, fmt.Errorf("%s: no answer from the hub: %w", op(), err)
 		}
 		switch {
 		case res.Status == wire.StatusRedirect && res.Replica != "":
-			return res.Replica, nil
+			return res.Replica, 0, nil
 		case res.Status != http.StatusOK:
-			return "", &HubError{Op: op(), StatusCode: res.Status, Code: res.ErrorCode, Message: res.Message,
+			return "", 0, &HubError{Op: op(), StatusCode: res.Status, Code: res.ErrorCode, Message: res.Message,
 				RetryAfter: time.Duration(max(res.RetryAfter, 0)) * time.Second}
 		case !res.Accepted:
-			return "", &RejectedError{DeviceID: deviceID, Name: name, Reason: orDefault(res.Reason, "no reason given")}
+			return "", 0, &RejectedError{DeviceID: deviceID, Name: name, Reason: orDefault(res.Reason, "no reason given")}
 		}
-		return "", nil
+		return "", res.MaxFrame, nil
 	}
 	reopen := func(host string) (*yamux.Stream, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -348,7 +357,8 @@ func (c *SessionClient) OpenStream(ctx context.Context, deviceID, name string) (
 		c.remember(deviceID, host)
 		return st, nil
 	}
-	return newSessionConn(st, s.local, s.remote, answer, reopen), nil
+	// Until the hub answers, frames are of the size every device accepts.
+	return newSessionConn(st, s.local, s.remote, 0, answer, reopen), nil
 }
 
 // openOn opens a session stream on s and writes its OpenStream.

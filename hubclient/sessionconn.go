@@ -39,16 +39,24 @@ const closeWriteTimeout = 5 * time.Second
 // sessionConn is one side of a session stream: frames (internal/wire) over
 // a yamux stream. On the service side the hub's OpenResult comes first;
 // open reads it before the first frame.
+//
+// It sends data frames of at most maxFrame bytes, what the peer accepts:
+// on the device side as the StreamRequest said, on the service side
+// wire.LegacyFramePayload until the hub's answer says more. It receives
+// frames of up to wire.MaxFramePayload.
 type sessionConn struct {
-	st     atomic.Pointer[yamux.Stream] // replaced once per redirect
-	local  net.Addr
-	remote net.Addr
+	st       atomic.Pointer[yamux.Stream] // replaced once per redirect
+	local    net.Addr
+	remote   net.Addr
+	maxFrame atomic.Int32 // the largest data payload to send
 
 	// answer reads the hub's answer to the opening: "" once the device
-	// accepted, or the host:port of the hub replica that holds the device
-	// (a redirect), on which reopen opens the stream again. Both are nil
-	// on the device side; answer is set to nil once accepted (readMu).
-	answer   func(*yamux.Stream) (string, error)
+	// accepted, with the largest data payload the device accepts (as
+	// wire.OpenResult.MaxFrame), or the host:port of the hub replica that
+	// holds the device (a redirect), on which reopen opens the stream
+	// again. Both are nil on the device side; answer is set to nil once
+	// accepted (readMu).
+	answer   func(*yamux.Stream) (redirect string, maxFrame int, err error)
 	reopen   func(host string) (*yamux.Stream, error)
 	answered atomic.Bool
 	// decided is closed once the answer is final: accepted, or failed
@@ -82,8 +90,14 @@ const maxPending = 64 << 10
 // between replicas while the stream opens).
 const maxRedirects = 3
 
-func newSessionConn(st *yamux.Stream, local, remote net.Addr, answer func(*yamux.Stream) (string, error), reopen func(string) (*yamux.Stream, error)) *sessionConn {
+// newSessionConn returns one side of a session stream on st that sends
+// data frames of at most wire.FrameLimit(maxFrame) bytes until answer (on
+// the service side) says otherwise.
+func newSessionConn(st *yamux.Stream, local, remote net.Addr, maxFrame int,
+	answer func(*yamux.Stream) (string, int, error), reopen func(string) (*yamux.Stream, error),
+) *sessionConn {
 	c := &sessionConn{local: local, remote: remote, answer: answer, reopen: reopen}
+	c.maxFrame.Store(int32(wire.FrameLimit(maxFrame)))
 	c.st.Store(st)
 	c.answered.Store(answer == nil)
 	c.decided = make(chan struct{})
@@ -256,7 +270,7 @@ func (c *sessionConn) awaitAnswer() error {
 // held.
 func (c *sessionConn) handshake() error {
 	for redirects := 0; c.answer != nil; redirects++ {
-		host, err := c.answer(c.stream())
+		host, maxFrame, err := c.answer(c.stream())
 		if err == nil && host != "" {
 			if redirects >= maxRedirects {
 				err = fmt.Errorf("open stream: redirected more than %d times: the device keeps moving between hub replicas", maxRedirects)
@@ -275,7 +289,9 @@ func (c *sessionConn) handshake() error {
 		}
 		if host == "" {
 			// The next write drops pending: taking writeMu here could wait
-			// for a write that waits for this side to read.
+			// for a write that waits for this side to read. Frames are
+			// of the size the device accepts from then on.
+			c.maxFrame.Store(int32(wire.FrameLimit(maxFrame)))
 			c.answer, c.reopen = nil, nil
 			c.answered.Store(true)
 			close(c.decided)
@@ -341,7 +357,8 @@ func (c *sessionConn) Write(p []byte) (int, error) {
 	if c.writeClosed || c.closed.Load() {
 		return 0, ErrStreamClosed
 	}
-	if !c.answered.Load() && len(c.pending)+len(p)+wire.FrameHeaderSize*(len(p)/wire.MaxFramePayload+1) > maxPending {
+	limit := int(c.maxFrame.Load())
+	if !c.answered.Load() && len(c.pending)+len(p)+wire.FrameHeaderSize*(len(p)/limit+1) > maxPending {
 		// Kept data would outgrow maxPending: wait for the answer.
 		c.writeMu.Unlock()
 		err := c.awaitAnswer()
@@ -352,12 +369,13 @@ func (c *sessionConn) Write(p []byte) (int, error) {
 		if c.writeClosed || c.closed.Load() {
 			return 0, ErrStreamClosed
 		}
+		limit = int(c.maxFrame.Load())
 	}
 	bp := wire.FrameBuffer()
 	defer wire.PutFrameBuffer(bp)
 	n := 0
 	for len(p) > 0 {
-		k := min(len(p), wire.MaxFramePayload)
+		k := min(len(p), limit)
 		buf := (*bp)[:wire.FrameHeaderSize+k]
 		wire.PutFrameHeader(buf, wire.FrameData, k)
 		copy(buf[wire.FrameHeaderSize:], p[:k])
@@ -385,7 +403,7 @@ func (c *sessionConn) ReadBurst(r io.Reader) (n int64, done bool, err error) {
 	}
 	bp := wire.FrameBuffer()
 	defer wire.PutFrameBuffer(bp)
-	buf := *bp
+	buf := (*bp)[:wire.FrameHeaderSize+int(c.maxFrame.Load())]
 	for {
 		k, rerr := r.Read(buf[wire.FrameHeaderSize:])
 		if k > 0 {

@@ -129,6 +129,9 @@ func (r *OpenResult) appendJSON(b []byte) ([]byte, bool) {
 		b = intField(b, "retryAfter", r.RetryAfter)
 	}
 	str("replica", r.Replica)
+	if r.MaxFrame != 0 {
+		b = intField(b, "maxFrame", r.MaxFrame)
+	}
 	return append(b, '}'), ok
 }
 
@@ -141,6 +144,9 @@ func (r *StreamRequest) appendJSON(b []byte) ([]byte, bool) {
 	b, ok5 := timeField(b, "deadline", r.Deadline)
 	if r.Inline {
 		b = boolField(b, "inline", true)
+	}
+	if r.MaxFrame != 0 {
+		b = intField(b, "maxFrame", r.MaxFrame)
 	}
 	return append(b, '}'), ok1 && ok2 && ok3 && ok4 && ok5
 }
@@ -393,6 +399,7 @@ func (r *OpenResult) decodeJSON(body []byte) bool {
 		{"message", kindString, setString(&t.Message)},
 		{"retryAfter", kindNumber, setInt(&t.RetryAfter)},
 		{"replica", kindString, setString(&t.Replica)},
+		{"maxFrame", kindNumber, setInt(&t.MaxFrame)},
 	}) {
 		return false
 	}
@@ -414,6 +421,7 @@ func (r *StreamRequest) decodeJSON(body []byte) bool {
 			return t.Deadline.UnmarshalJSON(q) == nil
 		}},
 		{"inline", kindBool, setBool(&t.Inline)},
+		{"maxFrame", kindNumber, setInt(&t.MaxFrame)},
 	}) {
 		return false
 	}

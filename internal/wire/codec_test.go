@@ -22,9 +22,11 @@ func TestCodecPlainPath(t *testing.T) {
 	for _, m := range []any{
 		&OpenStream{DeviceID: "dev-1", Name: "ssh", ConnectTimeout: 5},
 		&OpenResult{StreamID: "2f1c", Status: 200, Accepted: true},
+		&OpenResult{StreamID: "2f1c", Status: 200, Accepted: true, MaxFrame: MaxFramePayload},
 		&OpenResult{Status: 404, ErrorCode: 404001, Message: "device \"dev-1\" is not registered on this hub"},
 		&OpenResult{Status: 200, Reason: "no target named x (it serves ssh)"},
 		&StreamRequest{StreamID: "2f1c", Name: "ssh", Deadline: deadline, Inline: true},
+		&StreamRequest{StreamID: "2f1c", Name: "ssh", Deadline: deadline, Inline: true, MaxFrame: MaxFramePayload},
 		&StreamRequest{StreamID: "2f1c", Name: "ssh", URL: "wss://hub:443/streams/2f1c", AuthToken: "tok", Deadline: deadline.UTC()},
 		&StreamResponse{Accepted: true},
 		&StreamResponse{Reason: "cannot reach target 127.0.0.1:22: connection refused"},
@@ -67,7 +69,9 @@ func FuzzCodecDecode(f *testing.F) {
 	for _, m := range []any{
 		&OpenStream{DeviceID: "d", Name: "n", ConnectTimeout: 3, ResponseTimeout: -1},
 		&OpenResult{StreamID: "s", Status: 429, ErrorCode: 429001, Message: "m", RetryAfter: 2, Replica: "h:1"},
+		&OpenResult{StreamID: "s", Status: 200, Accepted: true, MaxFrame: MaxFramePayload},
 		&StreamRequest{StreamID: "s", Name: "n", URL: "u", AuthToken: "a", Deadline: time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("", 3600)), Inline: true},
+		&StreamRequest{StreamID: "s", Name: "n", Deadline: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Inline: true, MaxFrame: 1 << 18},
 		&StreamResponse{Accepted: true, Reason: "r"},
 	} {
 		b, _ := json.Marshal(m)
@@ -79,6 +83,7 @@ func FuzzCodecDecode(f *testing.F) {
 		`{"name":null}`, `{"name":"a\"b"}`, `{"name":"é"}`, `{"x":{"y":1},"name":"n"}`,
 		`{"deadline":"2026-01-02T03:04:05Z"}`, `{"deadline":"2026-01-02 03:04:05Z"}`, `{"accepted":tru}`,
 		`{"accepted":true "reason":"r"}`, `{"status":-}`, `[]`, `"x"`, ``,
+		`{"maxFrame":65536}`, `{"maxFrame":-1}`, `{"maxFrame":"262144"}`, `{"maxFrame":2.5e5}`, `{"MaxFrame":1}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -114,8 +119,8 @@ func FuzzCodecEncode(f *testing.F) {
 		}
 		for _, m := range []any{
 			&OpenStream{DeviceID: s1, Name: s2, ConnectTimeout: n1, ResponseTimeout: n2},
-			&OpenResult{StreamID: s1, Status: n1, Accepted: b, Reason: s2, ErrorCode: n2, Message: s3, RetryAfter: n1, Replica: s3},
-			&StreamRequest{StreamID: s1, Name: s2, URL: s3, AuthToken: s1, Deadline: time.Unix(0, unixNano).In(loc), Inline: b},
+			&OpenResult{StreamID: s1, Status: n1, Accepted: b, Reason: s2, ErrorCode: n2, Message: s3, RetryAfter: n1, Replica: s3, MaxFrame: n2},
+			&StreamRequest{StreamID: s1, Name: s2, URL: s3, AuthToken: s1, Deadline: time.Unix(0, unixNano).In(loc), Inline: b, MaxFrame: n1},
 			&StreamResponse{Accepted: b, Reason: s2},
 		} {
 			got, ok := m.(appender).appendJSON(nil)

@@ -29,6 +29,18 @@ package wire
 // 1000 normal, [ClosePeerLost], …) and a UTF-8 reason. A close frame may
 // follow a fin frame. A yamux stream that ends without a close frame
 // means its peer was lost.
+//
+// Frame size: a peer accepts data frames of up to [MaxFramePayload] bytes
+// if it announces [FeatureLargeFrames] in [HeaderFeatures] when it opens
+// its session (the device on its control session, the service on its
+// service session), and of up to [LegacyFramePayload] otherwise, as
+// builds before the feature do. The hub tells each side what the other
+// accepts: the device in [StreamRequest].MaxFrame, the service in
+// [OpenResult].MaxFrame, zero meaning LegacyFramePayload. Until the
+// service has the hub's answer it sends frames of at most
+// LegacyFramePayload. The hub ends a stream whose sender exceeds what the
+// other side accepts with close code 1002 (protocol error) instead of
+// relaying the frame.
 
 import (
 	"encoding/binary"
@@ -42,11 +54,17 @@ import (
 const SessionSubprotocol = "dsproxy.session.v1"
 
 // HeaderFeatures lists, comma-separated, what a device's control session
-// supports beyond the base protocol ([FeatureInline]).
+// or a service session supports beyond the base protocol ([FeatureInline],
+// [FeatureLargeFrames]). A hub ignores tokens it does not know.
 const HeaderFeatures = "dsproxy-features"
 
 // FeatureInline: the device takes [StreamRequest]s with Inline set.
 const FeatureInline = "inline-streams"
+
+// FeatureLargeFrames: the device or service accepts data frames of up to
+// [MaxFramePayload] bytes on its session streams, not only
+// [LegacyFramePayload].
+const FeatureLargeFrames = "frames-256k"
 
 // OpenStream is the first message of a session stream: the device and the
 // stream name, and optionally the timeouts of an Azure initiation (whole
@@ -88,6 +106,10 @@ type OpenResult struct {
 	// replica that holds the device's session: open the stream on a
 	// session to it.
 	Replica string `json:"replica,omitempty"`
+	// MaxFrame, on an accepted stream, is the largest data payload the
+	// service may send on it: what the device accepts. Zero means
+	// [LegacyFramePayload] (see [FrameLimit]).
+	MaxFrame int `json:"maxFrame,omitempty"`
 }
 
 // StatusRedirect is the OpenResult status of a stream to a device whose
@@ -104,11 +126,30 @@ const (
 // FrameHeaderSize is the size of a frame header.
 const FrameHeaderSize = 4
 
-// MaxFramePayload bounds a frame's payload; larger writes are split. Each
-// frame costs a hand-off between goroutines and a yamux frame on every
-// leg, so larger frames move a stream's bytes with less CPU; a frame never
-// exceeds a stream's yamux window (4 MiB).
+// MaxFramePayload bounds a frame's payload: it is the most a peer of this
+// build accepts, and the most it sends to a peer that announced
+// [FeatureLargeFrames]; larger writes are split. Each frame costs a
+// hand-off between goroutines and a yamux frame on every leg, so larger
+// frames move a stream's bytes with less CPU; a frame never exceeds a
+// stream's yamux window (4 MiB).
 const MaxFramePayload = 256 << 10
+
+// LegacyFramePayload is the largest payload every peer accepts, builds
+// before [FeatureLargeFrames] included: what a side sends until it knows
+// the other accepts more.
+const LegacyFramePayload = 64 << 10
+
+// FrameLimit is the largest data payload to send to a peer whose
+// acceptance the hub announced as maxFrame ([OpenResult].MaxFrame,
+// [StreamRequest].MaxFrame): [LegacyFramePayload] for zero (nothing
+// announced) or less, and never more than [MaxFramePayload], the most
+// this build's buffers hold.
+func FrameLimit(maxFrame int) int {
+	if maxFrame <= 0 {
+		return LegacyFramePayload
+	}
+	return min(maxFrame, MaxFramePayload)
+}
 
 // MaxCloseReason bounds the reason of a close frame, as RFC 6455 bounds a
 // close frame's.

@@ -99,6 +99,10 @@ type StreamRequest struct {
 	// Inline asks for a session stream (see OpenStream): the answer's
 	// yamux stream carries the data, and URL and AuthToken are empty.
 	Inline bool `json:"inline,omitempty"`
+	// MaxFrame, on an inline request, is the largest data payload the
+	// device may send on the stream: what the service accepts. Zero means
+	// [LegacyFramePayload] (see [FrameLimit]).
+	MaxFrame int `json:"maxFrame,omitempty"`
 }
 
 // Validate reports whether r is complete.
