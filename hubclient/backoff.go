@@ -21,9 +21,9 @@ import (
 // down is not pushed later and later by its own failed attempts (issue 6:
 // all devices back within 30 s of a restart). The window depends on what
 // the attempt cost the hub:
-//   - nothing, or next to nothing: the hub closed the session with a close
-//     frame, or nothing listens while it restarts (the kernel refuses the
-//     connection). The window is awayFirst: one device, or a small fleet,
+//   - nothing, or next to nothing: the hub closed a session that had been
+//     up a while (longer than MaxBackoff) with a close frame, or nothing
+//     listens while it restarts (the kernel refuses the connection). The window is awayFirst: one device, or a small fleet,
 //     is back within a second of the hub.
 //   - the hub was busy: it answered 503, or its handshake admission
 //     refused the attempt with a TLS alert after it waited in line
@@ -62,11 +62,20 @@ func newBackoff(minB, maxB time.Duration) *backoff {
 // next returns how long to wait after an attempt that started at start and
 // failed (or ended, for a session that was up) with err at now.
 func (b *backoff) next(err error, start, now time.Time) time.Duration {
-	if now.Sub(start) > b.max {
+	upAWhile := now.Sub(start) > b.max
+	if upAWhile {
 		b.cur = b.min // the session was up a while: start over
 		b.awaySince = time.Time{}
 	}
-	if hubAway(err) {
+	away := hubAway(err)
+	if errors.Is(err, errHubClosed) && !upAWhile {
+		// The hub closed a session soon after it began: most likely
+		// another agent with the same device identity took its place
+		// (the newest session wins). Backing off as usual keeps two such
+		// agents from taking turns every second.
+		away = false
+	}
+	if away {
 		if b.awaySince.IsZero() || errors.Is(err, errHubClosed) {
 			b.awaySince = now // a session that was up: a new absence
 		}

@@ -184,3 +184,24 @@ func tlsRefusal(t *testing.T) error {
 	}
 	return fmt.Errorf("connect control session: %w", err)
 }
+
+// TestBackoffReplacedSoon: a session the hub closed soon after it began
+// (shorter than MaxBackoff: another agent with the same identity most
+// likely took its place) backs off as usual, so that two such agents do
+// not take turns within the away window.
+func TestBackoffReplacedSoon(t *testing.T) {
+	const minB, maxB = 100 * time.Millisecond, 30 * time.Second
+	b := newBackoff(minB, maxB)
+	now := time.Now()
+	closed := fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF)
+	for i := range 5 {
+		w := b.next(closed, now.Add(-time.Second), now)
+		if lo := minB << i / 2; w < lo || w > minB<<i {
+			t.Errorf("replaced after 1s, attempt %d: wait %s, want within [%s, %s]", i, w, lo, minB<<i)
+		}
+	}
+	// Up longer than MaxBackoff: the hub went away, not a rival.
+	if w := b.next(closed, now.Add(-time.Hour), now); w > awayFirst {
+		t.Errorf("closed after an hour: wait %s, want within [0, %s]", w, awayFirst)
+	}
+}
