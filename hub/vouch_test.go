@@ -62,18 +62,10 @@ func TestRevocationStopsNewStreams(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			c, err := ss.OpenStream(ctxFor(t), "dev1", "echo")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(dsproxytest.WaitTimeout))
-			_, err = c.Read(make([]byte, 1))
-			var he *hubclient.HubError
-			if !errors.As(err, &he) || he.StatusCode != http.StatusNotFound {
+			if err := sessionOpenErr(t, ss, "dev1"); !isStatus(err, http.StatusNotFound) {
 				t.Errorf("session stream after the change: %v, want a 404", err)
 			}
-			if _, err := openEcho(t, w.Service, "dev1"); !errors.As(err, &he) || he.StatusCode != http.StatusNotFound {
+			if _, err := openEcho(t, w.Service, "dev1"); !isStatus(err, http.StatusNotFound) {
 				t.Errorf("per-stream stream after the change: %v, want a 404", err)
 			}
 		})
@@ -101,19 +93,31 @@ func TestSessionPolicyKeyChange(t *testing.T) {
 	if err := reg.PutPolicy(ctxFor(t), changed); err != nil {
 		t.Fatal(err)
 	}
-	c, err := ss.OpenStream(ctxFor(t), "dev1", "echo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(dsproxytest.WaitTimeout))
-	_, err = c.Read(make([]byte, 1))
-	var he *hubclient.HubError
-	if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
+	if err := sessionOpenErr(t, ss, "dev1"); !isStatus(err, http.StatusUnauthorized) {
 		t.Errorf("stream after the key change: %v, want a 401", err)
 	}
 	if err := reg.PutPolicy(ctxFor(t), old); err != nil {
 		t.Fatal(err)
 	}
 	sessionEcho(t, ss, "dev1").Close()
+}
+
+// sessionOpenErr opens a session stream to the echo target of deviceID
+// and returns the error of its first read: the hub's refusal, if any.
+func sessionOpenErr(t *testing.T, ss *hubclient.SessionClient, deviceID string) error {
+	t.Helper()
+	c, err := ss.OpenStream(ctxFor(t), deviceID, "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(dsproxytest.WaitTimeout))
+	_, err = c.Read(make([]byte, 1))
+	return err
+}
+
+// isStatus reports whether err is a HubError with the given status.
+func isStatus(err error, status int) bool {
+	var he *hubclient.HubError
+	return errors.As(err, &he) && he.StatusCode == status
 }
