@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"slices"
@@ -29,7 +30,7 @@ type session struct {
 	deviceID string
 	mux      *yamux.Session
 	ws       *websocket.Conn
-	log      zerolog.Logger
+	log      sessionLog
 	token    sas.Token // the device signed in with; see signedWith
 	since    time.Time
 	epoch    int64         // the session's number among the device's, across replicas (cluster.go)
@@ -198,7 +199,7 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	c := &session{
 		deviceID: id,
-		log:      s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger(),
+		log:      sessionLog{base: s.log, device: id, remote: r.RemoteAddr},
 		token:    tok,
 		since:    time.Now(),
 		up:       make(chan struct{}),
@@ -212,11 +213,12 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 	// finish when the session ends; the keepalive runs on timers
 	// (wsmux.Watch). The backlog bounds the streams the hub opens that
 	// the device has not yet taken: 64 at once per device is plenty.
-	ws, nc, mux := upgradeMux(ctx, leanHijack{w}, r, wire.ControlSubprotocol, yamux.Client, func(cfg *yamux.Config) {
+	ws, nc, mux := upgradeMux(ctx, controlHijack{w}, r, wire.ControlSubprotocol, yamux.Client, func(cfg *yamux.Config) {
 		cfg.AcceptBacklog = controlBacklog
 		cfg.RefuseStream = c.deviceOpened
 		cfg.OnClose = c.closed
-	}, c.log)
+		cfg.Logger = log.New(c.log, "", 0)
+	}, c.log.Logger())
 	if mux == nil {
 		drop()
 		s.conns.Done()
@@ -235,6 +237,35 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.holdSession(c)
+}
+
+// sessionLog is a control session's logger: the hub's, with the
+// session's fields added to each event. It is no zerolog child logger,
+// whose 500-byte buffer an idle device would keep for its session's life
+// (issue 6); a session logs little.
+type sessionLog struct {
+	base           zerolog.Logger
+	device, remote string
+}
+
+func (l sessionLog) Debug() *zerolog.Event { return l.with(l.base.Debug()) }
+func (l sessionLog) Info() *zerolog.Event  { return l.with(l.base.Info()) }
+func (l sessionLog) Warn() *zerolog.Event  { return l.with(l.base.Warn()) }
+
+func (l sessionLog) with(e *zerolog.Event) *zerolog.Event {
+	return e.Str(fieldDevice, l.device).Str(fieldRemote, l.remote)
+}
+
+// Logger returns a child logger with the session's fields.
+func (l sessionLog) Logger() zerolog.Logger {
+	return l.base.With().Str(fieldDevice, l.device).Str(fieldRemote, l.remote).Logger()
+}
+
+// Write makes l yamux's logger (through a log.Logger): what yamux says
+// about the session goes to debug, as yamuxLogger's.
+func (l sessionLog) Write(p []byte) (int, error) {
+	l.Debug().Str("detail", string(trimNewline(p))).Msg("control session")
+	return len(p), nil
 }
 
 // controlBacklog is a control session's yamux AcceptBacklog.
