@@ -47,7 +47,7 @@ type session struct {
 	// goes over a session from then on (see Server.initiate).
 	ended atomic.Bool
 
-	// h is what the session's teardown needs (see Server.holdSession).
+	// h is the session's state from its setup to its teardown (see held).
 	h held
 }
 
