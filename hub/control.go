@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,7 +30,7 @@ type session struct {
 	deviceID string
 	mux      *yamux.Session
 	ws       *websocket.Conn
-	log      zerolog.Logger
+	log      sessionLog
 	token    sas.Token // the device signed in with; see signedWith
 	since    time.Time
 	epoch    int64         // the session's number among the device's, across replicas (cluster.go)
@@ -45,21 +47,19 @@ type session struct {
 	active atomic.Int32
 	quiet  chan struct{}
 
-	// stop ends the wait of the session's goroutine with its reason
-	// (replaced by a newer session, device revoked, hub shutting down);
-	// set before the session is added, called by end.
-	stop context.CancelCauseFunc
-	// ended is set by end, before the session's goroutine closes it: no
-	// new stream goes over a session from then on (see Server.initiate).
+	// ended is set by end, before the session is closed: no new stream
+	// goes over a session from then on (see Server.initiate).
 	ended atomic.Bool
+
+	// h is the session's state from its setup to its teardown (see held).
+	h held
 }
 
-// end asks the session's goroutine to close the session, for why; it does
-// not wait. Only the first reason counts. From its return, ending reports
-// true.
+// end asks for the session to be closed, for why; it does not wait. Only
+// the first reason counts. From its return, ending reports true.
 func (c *session) end(why error) {
 	c.ended.Store(true)
-	c.stop(why)
+	c.finish(why)
 }
 
 // ending reports whether end was called: the session is being closed
@@ -199,94 +199,160 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, http.StatusServiceUnavailable, &apiError{http.StatusServiceUnavailable, wire.CodeServiceUnavailable, "ServiceUnavailable", "hub is shutting down"})
 		return
 	}
-	sessLog := s.log.With().Str(fieldDevice, id).Str(fieldRemote, r.RemoteAddr).Logger()
 	ctx, drop := context.WithCancel(s.ctx)
-	// The backlog sizes the queue of streams the device opens, which it
-	// may not (refuseDeviceStreams ends the session at the first), and
-	// bounds the streams the hub opens that the device has not yet taken:
-	// 64 at once per device is plenty, and the queue is 2 KiB less per
-	// idle device than yamux's 256.
-	ws, nc, mux := upgradeMux(ctx, leanHijack{w}, r, wire.ControlSubprotocol, yamux.Client, controlBacklog, sessLog)
-	if mux == nil {
-		drop()
-		s.conns.Done()
-		return
-	}
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	features := headerTokens(r.Header, wire.HeaderFeatures)
 	c := &session{
 		deviceID: id,
-		mux:      mux,
-		ws:       ws,
-		log:      sessLog,
+		log:      sessionLog{base: s.log, device: id, remote: r.RemoteAddr},
 		token:    tok,
 		since:    time.Now(),
 		up:       make(chan struct{}),
 		inline:   slices.Contains(features, wire.FeatureInline),
 		quiet:    make(chan struct{}, 1),
+		h:        held{s: s, ctx: ctx, drop: drop},
 
 		largeFrames: slices.Contains(features, wire.FeatureLargeFrames),
 	}
-	// The session outlives the request (its context is the hub's). Its
-	// setup (the claim, the replacement of an older session, the ready
-	// message) runs on this goroutine, whose stack it grows; the wait then
-	// runs on a goroutine of its own that starts with a small stack and
-	// keeps it (issue 6: an idle device's memory). net/http's goroutine,
-	// its per-connection buffers and the request go once this returns. The
-	// hub owns the session's goroutine and waits for it (s.conns).
-	h := s.openSession(ctx, c, nc)
-	if h == nil {
+	// The session has no goroutine of its own besides yamux's two loops
+	// (issue 6: an idle device's memory): yamux refuses the streams the
+	// device opens itself and tells the hub (deviceOpened), and calls
+	// finish when the session ends; the keepalive runs on timers
+	// (wsmux.Watch). The backlog bounds the streams the hub opens that
+	// the device has not yet taken: 64 at once per device is plenty.
+	ws, nc, mux := upgradeMux(ctx, controlHijack{w}, r, wire.ControlSubprotocol, yamux.Client, func(cfg *yamux.Config) {
+		cfg.AcceptBacklog = controlBacklog
+		cfg.RefuseStream = c.deviceOpened
+		cfg.OnClose = c.closed
+		cfg.Logger = log.New(c.log, "", 0)
+	}, c.log.Logger())
+	if mux == nil {
 		drop()
 		s.conns.Done()
 		return
 	}
-	go func() {
-		defer s.conns.Done()
-		defer drop()
-		s.holdSession(ctx, drop, c, nc, h)
-	}()
+	c.ws, c.mux, c.h.nc = ws, mux, nc
+	// The session outlives the request (its context is the hub's). Its
+	// setup (the claim, the replacement of an older session, the ready
+	// message) runs on this goroutine; net/http's goroutine, its
+	// per-connection buffers and the request go once this returns. Its
+	// end runs on a goroutine that the hub starts then and waits for
+	// (s.conns), closeSession.
+	if !s.openSession(ctx, c, nc) {
+		drop()
+		s.conns.Done()
+		return
+	}
+	s.holdSession(c)
+}
+
+// sessionLog is a control session's logger: the hub's, with the
+// session's fields added to each event. It is no zerolog child logger,
+// whose 500-byte buffer an idle device would keep for its session's life
+// (issue 6); a session logs little.
+type sessionLog struct {
+	base           zerolog.Logger
+	device, remote string
+}
+
+func (l sessionLog) Debug() *zerolog.Event { return l.with(l.base.Debug()) }
+func (l sessionLog) Info() *zerolog.Event  { return l.with(l.base.Info()) }
+func (l sessionLog) Warn() *zerolog.Event  { return l.with(l.base.Warn()) }
+
+func (l sessionLog) with(e *zerolog.Event) *zerolog.Event {
+	return e.Str(fieldDevice, l.device).Str(fieldRemote, l.remote)
+}
+
+// Logger returns a child logger with the session's fields.
+func (l sessionLog) Logger() zerolog.Logger {
+	return l.base.With().Str(fieldDevice, l.device).Str(fieldRemote, l.remote).Logger()
+}
+
+// Write makes l yamux's logger (through a log.Logger): what yamux says
+// about the session goes to debug, as yamuxLogger's.
+func (l sessionLog) Write(p []byte) (int, error) {
+	l.Debug().Str("detail", string(trimNewline(p))).Msg("control session")
+	return len(p), nil
 }
 
 // controlBacklog is a control session's yamux AcceptBacklog.
 const controlBacklog = 64
 
-// Why a session's wait ends besides the session's own end (see end).
+// Why a session is closed besides its own end (see end).
 var (
 	errSessionReplaced = errors.New("session replaced or revoked")
 	errHubStopping     = errors.New("hub shutting down")
 	errDeviceOpened    = errors.New("device opened a control stream")
 )
 
-// held is what a control session's setup (openSession) hands to its wait
-// (holdSession).
+// held is a control session's state from its setup (openSession) to its
+// teardown (closeSession).
 type held struct {
+	s          *Server
+	ctx        context.Context    // the session's share of the hub's lifetime
+	drop       context.CancelFunc // ends ctx: cuts the connection
+	nc         net.Conn           // the session's connection (wsmux.Conn)
 	watch      *wsmux.Watcher
-	waitCtx    context.Context
-	stopWait   context.CancelCauseFunc
 	stopChecks func()
 	readyErr   error
+
+	mu      sync.Mutex
+	holding bool  // holdSession ran: finish starts the teardown
+	asked   bool  // finish was called
+	why     error // finish's first reason; nil: the session ended by itself
+}
+
+// finish asks for the session's teardown, for why (nil when the session
+// ended by itself); it does not wait. Only the first call counts. Before
+// holdSession, it only records the request, which holdSession then serves.
+func (c *session) finish(why error) {
+	h := &c.h
+	h.mu.Lock()
+	if h.asked {
+		h.mu.Unlock()
+		return
+	}
+	h.asked, h.why = true, why
+	run := h.holding
+	h.mu.Unlock()
+	if run {
+		go h.s.closeSession(c)
+	}
+}
+
+// closed is yamux's OnClose: the session ended (by itself or closed by
+// the hub), and so does the hub's hold on it.
+func (c *session) closed(error) { c.finish(nil) }
+
+// deviceOpened is yamux's RefuseStream: the device opened a stream, which
+// in dsproxy.control.v1 only the hub does. yamux resets it at once and
+// queues nothing; the hub ends the session. Upstream yamux would queue up
+// to its backlog of streams a device opens, each with a 256 KiB window of
+// data the hub never reads. The device is not lost (its streams go on,
+// each on its own WebSockets); it may connect again. It runs on yamux's
+// receive loop and does not block.
+func (c *session) deviceOpened() {
+	if c.ending() {
+		return // said once
+	}
+	c.log.Warn().Msg("device opened a control stream, which only the hub may: session closed")
+	c.end(errDeviceOpened)
 }
 
 // openSession sets up the control session c over nc: it starts the
 // keepalive watch, claims the session, makes it the device's current one
-// (ending an older one) and tells the device it is ready. It returns nil
+// (ending an older one) and tells the device it is ready. It returns false
 // when the session is closed already (the registry refused the claim, or a
-// newer session is held); otherwise the caller must run holdSession.
-func (s *Server) openSession(ctx context.Context, c *session, nc net.Conn) *held {
-	ws, mux := c.ws, c.mux
-	h := &held{watch: wsmux.Watch(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)}
-	// A sibling of ctx rather than its child: both end with the hub's,
-	// and ctx ends only when holdSession cuts a lost device off, after
-	// the wait. One context map fewer per session.
-	h.waitCtx, h.stopWait = context.WithCancelCause(s.ctx)
-	c.stop = h.stopWait
-	closed := func(code websocket.StatusCode, why string) *held {
+// newer session is held); otherwise the caller must call holdSession.
+func (s *Server) openSession(ctx context.Context, c *session, nc net.Conn) bool {
+	ws, mux, h := c.ws, c.mux, &c.h
+	h.watch = wsmux.Watch(mux, nc, s.cfg.KeepAliveInterval, s.cfg.ConnectionWriteTimeout)
+	closed := func(code websocket.StatusCode, why string) bool {
 		wsmux.Flush(nc)
 		ws.Close(code, why)
 		mux.Close()
 		h.watch.Stop() // after mux.Close
-		h.stopWait(nil)
-		return nil
+		return false
 	}
 	if err := s.claimSession(ctx, c); err != nil {
 		c.log.Warn().Err(err).Msg("cannot record the device's session in the registry: closing it, the device will retry")
@@ -310,23 +376,42 @@ func (s *Server) openSession(ctx context.Context, c *session, nc net.Conn) *held
 		close(c.up)
 		c.log.Info().Msg("device connected")
 	}
-	return h
+	return true
 }
 
-// holdSession serves the control session c over nc, set up by
-// openSession, until it ends, ctx (which drop cancels) ends, a newer
-// session replaces it, the device is revoked or the hub shuts down; then
-// it closes it. Besides yamux's two loops, the session costs this one
-// goroutine, parked in refuseDeviceStreams: the keepalive runs on timers.
-func (s *Server) holdSession(ctx context.Context, drop context.CancelFunc, c *session, nc net.Conn, h *held) {
-	ws, mux, watch, waitCtx := c.ws, c.mux, h.watch, h.waitCtx
+// holdSession hands the control session c, set up by openSession, to its
+// end: from now on finish starts closeSession on a goroutine of its own,
+// and at once when it was called already. It does not block: until the
+// session ends (by itself, or when a newer session replaces it, the
+// device is revoked or the hub shuts down, see end), it costs the hub no
+// goroutine besides yamux's two loops. The hub's context ends only after
+// drain ended every session.
+func (s *Server) holdSession(c *session) {
+	h := &c.h
+	h.mu.Lock()
+	h.holding = true
+	run := h.asked
+	h.mu.Unlock()
+	if run {
+		go s.closeSession(c)
+	}
+}
+
+// closeSession closes the control session c, for the reason finish was
+// given, and does the hub's bookkeeping of its end: the device becomes
+// unavailable, a lost device's streams end, the registry and the logs
+// hear of it. It holds the hub's count of connections (s.conns) that
+// handleControl took, and gives it back.
+func (s *Server) closeSession(c *session) {
+	ws, mux, h := c.ws, c.mux, &c.h
+	ctx, drop, nc, watch := h.ctx, h.drop, h.nc, h.watch
+	defer s.conns.Done()
+	defer drop()
 	defer watch.Stop() // after mux.Close below
-	defer h.stopWait(nil)
 	defer h.stopChecks()
-	c.refuseDeviceStreams(waitCtx)
 	why := "session ended"
-	if cause := context.Cause(waitCtx); !mux.IsClosed() && cause != nil && ctx.Err() == nil {
-		why = cause.Error()
+	if !mux.IsClosed() && h.why != nil && ctx.Err() == nil {
+		why = h.why.Error()
 	}
 	var lost error
 	if !mux.IsClosed() && c.active.Load() > 0 {

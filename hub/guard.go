@@ -6,7 +6,6 @@ package hub
 // although only the hub may.
 
 import (
-	"context"
 	"log"
 	"net/http"
 	"net/url"
@@ -56,23 +55,4 @@ type yamuxWriter struct{ log zerolog.Logger }
 func (w yamuxWriter) Write(p []byte) (int, error) {
 	w.log.Debug().Str("detail", string(trimNewline(p))).Msg("control session")
 	return len(p), nil
-}
-
-// refuseDeviceStreams waits until ctx ends or the session's yamux is
-// closed, and ends c's session if the device opens a yamux stream: in
-// dsproxy.control.v1 only the hub opens streams. yamux would queue up to
-// 256 streams a device opens, each with a 256 KiB window of data the hub
-// never reads; ending the session bounds that to nothing. The device is
-// not lost (its streams go on, each on its own WebSockets); it may connect
-// again. It is the wait of the session's goroutine (holdSession).
-func (c *session) refuseDeviceStreams(ctx context.Context) {
-	for {
-		st, err := c.mux.AcceptStreamWithContext(ctx)
-		if err != nil {
-			return // the session ended, or ctx did
-		}
-		c.log.Warn().Msg("device opened a control stream, which only the hub may: session closed")
-		st.Close()
-		c.end(errDeviceOpened)
-	}
 }

@@ -22,6 +22,13 @@ const (
 	hijackWriteBuf = 1 << 10
 )
 
+// controlWriteBuf is the writer's size for a control session (see
+// controlHijack): what the hub sends an idle device (yamux pings and
+// window updates, a stream request of a few hundred bytes) fits, and the
+// hub keeps one per connected device (issue 6). An inline stream's data
+// larger than it goes out in two records, as any larger message does.
+const controlWriteBuf = 512
+
 // leanHijack wraps w so that a WebSocket upgrade's Hijack hands over the
 // connection with small buffers of its own (above) instead of net/http's
 // 4 KiB bufio.Reader and bufio.Writer, which coder/websocket would keep
@@ -33,7 +40,29 @@ const (
 type leanHijack struct{ http.ResponseWriter }
 
 func (w leanHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	return hijackSized(w.ResponseWriter, hijackWriteBuf)
+}
+
+// Unwrap lets http.ResponseController and coder/websocket reach w's other
+// interfaces.
+func (w leanHijack) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// controlHijack is leanHijack for a control session, with a writer of
+// controlWriteBuf bytes.
+type controlHijack struct{ http.ResponseWriter }
+
+func (w controlHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return hijackSized(w.ResponseWriter, controlWriteBuf)
+}
+
+// Unwrap lets http.ResponseController and coder/websocket reach w's other
+// interfaces.
+func (w controlHijack) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// hijackSized hijacks w's connection as leanHijack does, with a writer of
+// writeBuf bytes.
+func hijackSized(w http.ResponseWriter, writeBuf int) (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -54,9 +83,5 @@ func (w leanHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			return nil, nil, fmt.Errorf("keep early bytes: %w", err)
 		}
 	}
-	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, hijackWriteBuf)), nil
+	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, writeBuf)), nil
 }
-
-// Unwrap lets http.ResponseController and coder/websocket reach w's other
-// interfaces.
-func (w leanHijack) Unwrap() http.ResponseWriter { return w.ResponseWriter }

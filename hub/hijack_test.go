@@ -14,15 +14,24 @@ import (
 // request, already read into net/http's buffer, come out of the small
 // reader leanHijack hands over, and the small writer reaches the client.
 func TestLeanHijackKeepsEarlyBytes(t *testing.T) {
+	t.Run("stream", func(t *testing.T) {
+		testHijackKeepsEarlyBytes(t, func(w http.ResponseWriter) http.Hijacker { return leanHijack{w} }, hijackWriteBuf)
+	})
+	t.Run("control", func(t *testing.T) {
+		testHijackKeepsEarlyBytes(t, func(w http.ResponseWriter) http.Hijacker { return controlHijack{w} }, controlWriteBuf)
+	})
+}
+
+func testHijackKeepsEarlyBytes(t *testing.T, wrap func(http.ResponseWriter) http.Hijacker, writeBuf int) {
 	got := make(chan string, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		nc, brw, err := leanHijack{w}.Hijack()
+		nc, brw, err := wrap(w).Hijack()
 		if err != nil {
 			t.Error(err)
 			return
 		}
 		defer nc.Close()
-		if brw.Reader.Size() > hijackReadBuf+len("early bytes") || brw.Writer.Size() != hijackWriteBuf {
+		if brw.Reader.Size() > hijackReadBuf+len("early bytes") || brw.Writer.Size() != writeBuf {
 			t.Errorf("buffers %d and %d bytes", brw.Reader.Size(), brw.Writer.Size())
 		}
 		_ = nc.SetDeadline(time.Now().Add(5 * time.Second))

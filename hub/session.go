@@ -138,13 +138,13 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 }
 
 // upgradeMux upgrades r to a WebSocket with subprotocol and runs a yamux
-// session over it (newMux is yamux.Client or yamux.Server; backlog, when
-// positive, its AcceptBacklog), for as long as ctx: the session outlives
+// session over it (newMux is yamux.Client or yamux.Server; tune, when not
+// nil, adjusts its configuration), for as long as ctx: the session outlives
 // the request, ctx is the caller's share of the hub's lifetime. It returns
 // a nil mux when the upgrade failed. Before closing ws itself, the caller
 // should let the session's queued frames go out (wsmux.Flush on nc).
 func upgradeMux(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
-	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), backlog int, log zerolog.Logger,
+	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), tune func(*yamux.Config), log zerolog.Logger,
 ) (ws *websocket.Conn, nc net.Conn, mux *yamux.Session) {
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{subprotocol},
@@ -157,8 +157,8 @@ func upgradeMux(ctx context.Context, w http.ResponseWriter, r *http.Request, sub
 	nc = wsmux.Conn(ctx, ws, batcherOf(r))
 	// yamux's complaints say why a session broke: at debug.
 	cfg := wsmux.Config(yamuxLogger(log))
-	if backlog > 0 {
-		cfg.AcceptBacklog = backlog
+	if tune != nil {
+		tune(cfg)
 	}
 	mux, err = newMux(nc, cfg)
 	if err != nil {
@@ -174,7 +174,7 @@ func upgradeMux(ctx context.Context, w http.ResponseWriter, r *http.Request, sub
 func (s *Server) acceptSession(ctx context.Context, w http.ResponseWriter, r *http.Request, subprotocol string,
 	newMux func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), log zerolog.Logger,
 ) (ws *websocket.Conn, nc net.Conn, mux *yamux.Session, watched func()) {
-	ws, nc, mux = upgradeMux(ctx, w, r, subprotocol, newMux, 0, log)
+	ws, nc, mux = upgradeMux(ctx, w, r, subprotocol, newMux, nil, log)
 	if mux == nil {
 		return nil, nil, nil, nil
 	}

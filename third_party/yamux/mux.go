@@ -59,6 +59,26 @@ type Config struct {
 	// large one, and the buffer is kept for the session's life.
 	// (dsproxy fork: see third_party/README.md.)
 	ReadBufferSize int
+
+	// RefuseStream, when not nil, makes the session refuse every stream
+	// the peer opens: it resets the stream at once, queues nothing for
+	// Accept (which then returns only when the session ends) and calls
+	// RefuseStream from its receive loop, which it must not block. For a
+	// protocol where only this side opens streams, it spares the accept
+	// backlog and a goroutine parked in Accept to refuse them. Nil keeps
+	// upstream's behaviour. (dsproxy fork: see third_party/README.md.)
+	RefuseStream func()
+
+	// OnClose, when not nil, is called once when the session has shut
+	// down (its connection and streams closed), with the error that
+	// ended it: ErrSessionShutdown after Close, or what broke the session
+	// (io.EOF when the peer closed the connection, ErrKeepAliveTimeout,
+	// ...), as AcceptStream returns from then on. It runs on the
+	// goroutine that closed the session, a Close caller or the session's
+	// own loops, after Close has done its work: it must not block, and it
+	// spares a goroutine parked on CloseChan. (dsproxy fork: see
+	// third_party/README.md.)
+	OnClose func(err error)
 }
 
 func (c *Config) Clone() *Config {

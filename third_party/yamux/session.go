@@ -105,7 +105,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		streams:    make(map[uint32]*Stream),
 		inflight:   make(map[uint32]struct{}),
 		synCh:      make(chan struct{}, config.AcceptBacklog),
-		acceptCh:   make(chan *Stream, config.AcceptBacklog),
+		acceptCh:   make(chan *Stream, acceptBacklog(config)),
 		sendCh:     make(chan *sendReady, 64),
 		recvDoneCh: make(chan struct{}),
 		sendDoneCh: make(chan struct{}),
@@ -131,6 +131,16 @@ func readBufferSize(config *Config) int {
 		return config.ReadBufferSize
 	}
 	return 4096
+}
+
+// acceptBacklog is the capacity of the session's accept queue: none when
+// the session refuses the streams the peer opens (Config.RefuseStream;
+// dsproxy fork).
+func acceptBacklog(config *Config) int {
+	if config.RefuseStream != nil {
+		return 0
+	}
+	return config.AcceptBacklog
 }
 
 // IsClosed does a safe check to see if we have shutdown
@@ -279,6 +289,15 @@ func (s *Session) AcceptStreamWithContext(ctx context.Context) (*Stream, error) 
 // Close is used to close the session and all streams.
 // Attempts to send a GoAway before closing the connection.
 func (s *Session) Close() error {
+	closed := false // dsproxy fork: Config.OnClose, once Close's work is done
+	defer func() {
+		if closed && s.config.OnClose != nil {
+			s.shutdownErrLock.Lock()
+			err := s.shutdownErr
+			s.shutdownErrLock.Unlock()
+			s.config.OnClose(err)
+		}
+	}()
 	s.shutdownLock.Lock()
 	defer s.shutdownLock.Unlock()
 
@@ -286,6 +305,7 @@ func (s *Session) Close() error {
 		return nil
 	}
 	s.shutdown = true
+	closed = true
 
 	s.shutdownErrLock.Lock()
 	if s.shutdownErr == nil {
@@ -690,6 +710,20 @@ func (s *Session) incomingStream(id uint32) error {
 		hdr := header(make([]byte, headerSize))
 		hdr.encode(typeWindowUpdate, flagRST, id, 0)
 		return s.sendNoWait(hdr)
+	}
+
+	// dsproxy fork: Config.RefuseStream resets the stream before it is
+	// allocated (a duplicate ID is the protocol error below).
+	if refuse := s.config.RefuseStream; refuse != nil {
+		s.streamLock.Lock()
+		_, dup := s.streams[id]
+		s.streamLock.Unlock()
+		if !dup {
+			refuse()
+			hdr := header(make([]byte, headerSize))
+			hdr.encode(typeWindowUpdate, flagRST, id, 0)
+			return s.sendNoWait(hdr)
+		}
 	}
 
 	// Allocate a new stream
