@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -489,14 +490,24 @@ func (s *sqliteStore) createPolicy(ctx context.Context, p Policy) error {
 	return nil
 }
 
-const sqliteInsertEvent = `INSERT INTO stream_events
-	(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+const sqliteInsertEvent = `INSERT INTO stream_events (` + eventColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+// sqliteInsertEvents holds, at n, an INSERT of n events.
+var sqliteInsertEvents = sync.OnceValue(func() (q [eventsPerInsert + 1]string) {
+	for n := 1; n <= eventsPerInsert; n++ {
+		q[n] = insertEventsSQL(n, func(int) string { return "?" })
+	}
+	return q
+})
 
 func sqliteEventArgs(e StreamEvent) []any {
+	return appendSQLiteEventArgs(nil, e)
+}
+
+func appendSQLiteEventArgs(args []any, e StreamEvent) []any {
 	e = cleanEvent(e)
-	return []any{e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
-		e.BytesUp, e.BytesDown, e.Started.UnixMicro(), int64(e.Duration)}
+	return append(args, e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
+		e.BytesUp, e.BytesDown, e.Started.UnixMicro(), int64(e.Duration))
 }
 
 func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
@@ -506,20 +517,25 @@ func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
 	return nil
 }
 
+// AddStreamEvents writes es in one transaction, eventsPerInsert events
+// per statement, in order, so that their IDs follow es.
 func (s *sqliteStore) AddStreamEvents(ctx context.Context, es []StreamEvent) error {
+	if len(es) == 0 {
+		return nil
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("add %d stream events: %w", len(es), err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, sqliteInsertEvent)
-	if err != nil {
-		return fmt.Errorf("add %d stream events: %w", len(es), err)
-	}
-	defer stmt.Close()
-	for _, e := range es {
-		if _, err := stmt.ExecContext(ctx, sqliteEventArgs(e)...); err != nil {
-			return fmt.Errorf("add stream event %q: %w", e.StreamID, err)
+	args := make([]any, 0, 10*min(len(es), eventsPerInsert))
+	for chunk := range slices.Chunk(es, eventsPerInsert) {
+		args = args[:0]
+		for _, e := range chunk {
+			args = appendSQLiteEventArgs(args, e)
+		}
+		if _, err := tx.ExecContext(ctx, sqliteInsertEvents()[len(chunk)], args...); err != nil {
+			return fmt.Errorf("add %d stream events: %w", len(es), err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
