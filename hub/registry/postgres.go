@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"net/url"
 	"path"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -444,12 +443,11 @@ func (s *postgresStore) createPolicy(ctx context.Context, p Policy) error {
 
 const postgresInsertEvent = `INSERT INTO stream_events (` + eventColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
 
-// postgresInsertEvents holds, at n, an INSERT of n events. pgx prepares
-// each once per connection (its statement cache), so a batch costs no
-// parsing.
-var postgresInsertEvents = sync.OnceValue(func() (q [eventsPerInsert + 1]string) {
-	for n := 1; n <= eventsPerInsert; n++ {
-		q[n] = insertEventsSQL(n, func(i int) string { return "$" + strconv.Itoa(i) })
+// postgresInsertEvents holds the INSERTs of eventInsertSizes events. pgx
+// prepares each once per connection (its statement cache).
+var postgresInsertEvents = sync.OnceValue(func() (q [len(eventInsertSizes)]string) {
+	for i, n := range eventInsertSizes {
+		q[i] = insertEventsSQL(n, func(i int) string { return "$" + strconv.Itoa(i) })
 	}
 	return q
 })
@@ -471,19 +469,19 @@ func (s *postgresStore) AddStreamEvent(ctx context.Context, e StreamEvent) error
 	return nil
 }
 
-// AddStreamEvents writes es in one transaction, eventsPerInsert events
-// per statement, in order, so that their IDs follow es.
+// AddStreamEvents writes es in one transaction, with the INSERTs of
+// eventInsertSizes, in order, so that their IDs follow es.
 func (s *postgresStore) AddStreamEvents(ctx context.Context, es []StreamEvent) error {
 	if len(es) == 0 {
 		return nil
 	}
 	var b pgx.Batch
-	for chunk := range slices.Chunk(es, eventsPerInsert) {
+	for i, chunk := range eventChunks(es) {
 		args := make([]any, 0, 10*len(chunk))
 		for _, e := range chunk {
 			args = appendPostgresEventArgs(args, e)
 		}
-		b.Queue(postgresInsertEvents()[len(chunk)], args...)
+		b.Queue(postgresInsertEvents()[i], args...)
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, &b).Close() })
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -274,11 +275,29 @@ func checkPolicy(p Policy) error {
 // the order of sqliteEventArgs and postgresEventArgs.
 const eventColumns = `stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration`
 
-// eventsPerInsert is the most events one INSERT statement writes: a batch
-// is written as a few multi-row INSERTs rather than a statement per event,
-// which is most of the cost of a small event (issue 7). Its 640 parameters
-// are far below the limits of SQLite (32766) and PostgreSQL (65535).
-const eventsPerInsert = 64
+// eventInsertSizes are the numbers of events that the INSERT statements
+// of a batch write, largest first: a batch is written as a few multi-row
+// INSERTs rather than a statement per event, which is most of the cost of
+// a small event (issue 7), and from a few fixed statements, which each
+// store prepares once (SQLite spends more parsing a 64-row INSERT than
+// running it). The 640 parameters of the largest are far below the limits
+// of SQLite (32766) and PostgreSQL (65535).
+var eventInsertSizes = [...]int{64, 16, 4, 1}
+
+// eventChunks yields es in order, split into chunks of eventInsertSizes,
+// each with the index of its size.
+func eventChunks(es []StreamEvent) iter.Seq2[int, []StreamEvent] {
+	return func(yield func(int, []StreamEvent) bool) {
+		for i, n := range eventInsertSizes {
+			for len(es) >= n {
+				if !yield(i, es[:n]) {
+					return
+				}
+				es = es[n:]
+			}
+		}
+	}
+}
 
 // insertEventsSQL is an INSERT of rows events into stream_events, with
 // parameters written by param(i) for i from 1 up.

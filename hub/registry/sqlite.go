@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -91,6 +90,9 @@ type sqliteStore struct {
 	// device, and a session stream its policy), which would otherwise
 	// parse their SQL each time.
 	getDevice, getPolicy *sql.Stmt
+	// Prepared on w: the INSERTs of eventInsertSizes events that
+	// AddStreamEvents writes a batch with.
+	insertEvents [len(eventInsertSizes)]*sql.Stmt
 
 	closeOnce sync.Once
 	closeErr  error
@@ -181,8 +183,15 @@ func (s *sqliteStore) prepare() error {
 	if s.getDevice, err = s.r.Prepare(`SELECT ` + deviceColumns + ` FROM devices WHERE id = ?`); err != nil {
 		return err
 	}
-	s.getPolicy, err = s.r.Prepare(`SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?`)
-	return err
+	if s.getPolicy, err = s.r.Prepare(`SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?`); err != nil {
+		return err
+	}
+	for i, n := range eventInsertSizes {
+		if s.insertEvents[i], err = s.w.Prepare(insertEventsSQL(n, func(int) string { return "?" })); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // chmodFiles makes the database file and any -wal and -shm files mode 0600.
@@ -492,14 +501,6 @@ func (s *sqliteStore) createPolicy(ctx context.Context, p Policy) error {
 
 const sqliteInsertEvent = `INSERT INTO stream_events (` + eventColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
-// sqliteInsertEvents holds, at n, an INSERT of n events.
-var sqliteInsertEvents = sync.OnceValue(func() (q [eventsPerInsert + 1]string) {
-	for n := 1; n <= eventsPerInsert; n++ {
-		q[n] = insertEventsSQL(n, func(int) string { return "?" })
-	}
-	return q
-})
-
 func sqliteEventArgs(e StreamEvent) []any {
 	return appendSQLiteEventArgs(nil, e)
 }
@@ -517,8 +518,8 @@ func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
 	return nil
 }
 
-// AddStreamEvents writes es in one transaction, eventsPerInsert events
-// per statement, in order, so that their IDs follow es.
+// AddStreamEvents writes es in one transaction, with the prepared INSERTs
+// of eventInsertSizes, in order, so that their IDs follow es.
 func (s *sqliteStore) AddStreamEvents(ctx context.Context, es []StreamEvent) error {
 	if len(es) == 0 {
 		return nil
@@ -528,13 +529,17 @@ func (s *sqliteStore) AddStreamEvents(ctx context.Context, es []StreamEvent) err
 		return fmt.Errorf("add %d stream events: %w", len(es), err)
 	}
 	defer tx.Rollback()
-	args := make([]any, 0, 10*min(len(es), eventsPerInsert))
-	for chunk := range slices.Chunk(es, eventsPerInsert) {
+	var stmts [len(eventInsertSizes)]*sql.Stmt // closed with tx
+	args := make([]any, 0, 10*eventInsertSizes[0])
+	for i, chunk := range eventChunks(es) {
+		if stmts[i] == nil {
+			stmts[i] = tx.StmtContext(ctx, s.insertEvents[i])
+		}
 		args = args[:0]
 		for _, e := range chunk {
 			args = appendSQLiteEventArgs(args, e)
 		}
-		if _, err := tx.ExecContext(ctx, sqliteInsertEvents()[len(chunk)], args...); err != nil {
+		if _, err := stmts[i].ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("add %d stream events: %w", len(es), err)
 		}
 	}
@@ -640,7 +645,11 @@ func (s *sqliteStore) PruneStreamEvents(ctx context.Context, olderThan time.Time
 
 func (s *sqliteStore) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeErr = errors.Join(s.getDevice.Close(), s.getPolicy.Close(), s.r.Close(), s.w.Close())
+		errs := []error{s.getDevice.Close(), s.getPolicy.Close()}
+		for _, st := range s.insertEvents {
+			errs = append(errs, st.Close())
+		}
+		s.closeErr = errors.Join(append(errs, s.r.Close(), s.w.Close())...)
 	})
 	return s.closeErr
 }

@@ -561,7 +561,7 @@ func testAddStreamEvents(t *testing.T, s registry.Store) {
 		t.Errorf("newest event %+v, want %+v with the bad byte replaced", newest, want)
 	}
 	// Every event, every field, across the statements a batch is split
-	// into (registry.eventsPerInsert).
+	// into (64, 16, 4 and 1 events each).
 	for i, e := range batch {
 		g := got[len(got)-1-i]
 		e.ID, e.Reason = g.ID, "bad \uFFFD byte"
