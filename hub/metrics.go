@@ -91,7 +91,10 @@ type metrics struct {
 	controlSess *prometheus.CounterVec
 	routed      *prometheus.CounterVec
 
-	knownResults map[string]bool
+	// The children counted for every stream, looked up once rather than
+	// by their labels per stream (issue 7).
+	endedBy            map[string]prometheus.Counter // by result
+	bytesUp, bytesDown prometheus.Counter
 }
 
 // liveHeapMetric selects the runtime/metrics sample exported as
@@ -127,7 +130,7 @@ func newMetrics(s *Server) *metrics {
 			"Device control session events: connected, replaced by a newer session, lost without a close, taken over by a newer session on another replica.")), []string{"event"}),
 		routed: prometheus.NewCounterVec(prometheus.CounterOpts(opts("routed_requests_total",
 			"Stream requests routed between hub replicas over NATS: sent to the replica holding the device, served for another replica, sent when no replica held the device, failed.")), []string{"outcome"}),
-		knownResults: make(map[string]bool, len(streamResults)),
+		endedBy: make(map[string]prometheus.Counter, len(streamResults)),
 	}
 	gauge := func(name, help string, f func() int) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(name, help)), func() float64 { return float64(f()) })
@@ -183,12 +186,9 @@ func newMetrics(s *Server) *metrics {
 	// Every series exists from the start, at zero, so rate() and alerts
 	// work before the first event.
 	for _, r := range streamResults {
-		m.knownResults[r] = true
-		m.ended.WithLabelValues(r)
+		m.endedBy[r] = m.ended.WithLabelValues(r)
 	}
-	for _, d := range []string{"up", "down"} {
-		m.bytes.WithLabelValues(d)
-	}
+	m.bytesUp, m.bytesDown = m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
 	for _, c := range []string{causeUnauthorized, causeForbidden, causeBadRequest, causeNotFound,
 		causeThrottled, causeUnavailable, causeTimeout, causeError, causeOther} {
 		m.rejected.WithLabelValues(c)
@@ -209,16 +209,16 @@ func (m *metrics) handler() http.Handler {
 
 // streamEvent counts a stored stream event and the bytes its stream relayed.
 func (m *metrics) streamEvent(e registry.StreamEvent) {
-	result := e.Result
-	if !m.knownResults[result] {
-		result = causeError
+	ended, ok := m.endedBy[e.Result]
+	if !ok {
+		ended = m.endedBy[causeError]
 	}
-	m.ended.WithLabelValues(result).Inc()
+	ended.Inc()
 	if e.BytesUp > 0 {
-		m.bytes.WithLabelValues("up").Add(float64(e.BytesUp))
+		m.bytesUp.Add(float64(e.BytesUp))
 	}
 	if e.BytesDown > 0 {
-		m.bytes.WithLabelValues("down").Add(float64(e.BytesDown))
+		m.bytesDown.Add(float64(e.BytesDown))
 	}
 }
 

@@ -53,10 +53,14 @@ type stream struct {
 	deviceID string
 	name     string
 	policy   string
-	tokens   [2]string // the device's is re-minted under Server.mu on a retry (see deliver)
+	// tokens are the sides' stream tokens, for a stream over two
+	// WebSockets; the device's is re-minted under Server.mu on a retry
+	// (see deliver). An inline stream has none: no side connects to the
+	// streaming endpoint, and claim refuses it.
+	tokens   [2]string
 	created  time.Time
 	deadline time.Time
-	log      zerolog.Logger
+	log      streamLog
 
 	bytesUp   atomic.Int64 // service → device
 	bytesDown atomic.Int64 // device → service
@@ -70,7 +74,7 @@ type stream struct {
 
 	// A session stream (the fast path): carried over the service's session
 	// (svc) and the device's control session instead of two WebSockets.
-	// Set before the stream is delivered, then read-only.
+	// Set by newStream, then read-only.
 	inline bool
 	svc    *svcSession
 
@@ -85,27 +89,53 @@ type stream struct {
 	closed   bool
 }
 
-// newStream mints a stream for an initiation and registers it until its
-// handshake deadline.
-func (s *Server) newStream(deviceID, name, policy string) *stream {
+// newStream mints a stream for an initiation, with its tokens unless it is
+// inline, and registers it until its handshake deadline.
+func (s *Server) newStream(in initiation) *stream {
 	now := time.Now()
 	st := &stream{
 		id:       randomID(16),
-		deviceID: deviceID,
-		name:     name,
-		policy:   policy,
-		tokens:   [2]string{randomID(32), randomID(32)},
+		deviceID: in.deviceID,
+		name:     in.name,
+		policy:   in.policy,
 		created:  now,
 		deadline: now.Add(s.cfg.HandshakeTimeout),
 		ended:    make(chan struct{}),
 		stop:     make(chan end, 1),
+		inline:   in.inline,
+		svc:      in.svc,
 	}
-	st.log = s.log.With().Str(fieldStream, st.id).Str(fieldDevice, deviceID).Str(fieldName, name).Logger()
+	if !in.inline {
+		st.tokens = [2]string{randomID(32), randomID(32)}
+	}
+	st.log = streamLog{&s.log, st}
 	s.mu.Lock()
 	s.streams[st.id] = st
 	st.timer = time.AfterFunc(s.cfg.HandshakeTimeout, func() { s.expire(st) })
 	s.mu.Unlock()
 	return st
+}
+
+// streamLog is a stream's logger: the hub's, with the stream's fields
+// (fieldStream, fieldDevice, fieldName) added to each line it writes.
+// Unlike a child logger (zerolog's With), which copies its fields into a
+// buffer of its own, it costs a stream nothing until a line is written:
+// most streams write none (a child logger was a share of a stream's setup,
+// issue 7).
+type streamLog struct {
+	log *zerolog.Logger
+	st  *stream
+}
+
+// Debug starts a debug line, nil when the level is off (as zerolog's).
+func (l streamLog) Debug() *zerolog.Event { return l.fields(l.log.Debug()) }
+
+// Info starts an info line, nil when the level is off (as zerolog's).
+func (l streamLog) Info() *zerolog.Event { return l.fields(l.log.Info()) }
+
+func (l streamLog) fields(e *zerolog.Event) *zerolog.Event {
+	// Methods of a nil *zerolog.Event do nothing.
+	return e.Str(fieldStream, l.st.id).Str(fieldDevice, l.st.deviceID).Str(fieldName, l.st.name)
 }
 
 // expire ends a stream whose sides did not both connect in time.
@@ -281,13 +311,13 @@ type refusal struct {
 func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.StreamResponse, *yamux.Stream, *refusal) {
 	var none wire.StreamResponse
 	id, name, policy := in.deviceID, in.name, in.policy
-	// Built only for a refusal before the stream exists (the stream has
-	// its own): an initiation that goes through allocates no logger here.
-	log := func() zerolog.Logger {
-		return s.log.With().Str(fieldDevice, id).Str(fieldName, name).Str(fieldPolicy, policy).Logger()
+	// The line of a refusal before the stream exists (the stream has a
+	// logger of its own).
+	log := func() *zerolog.Event {
+		return s.log.Info().Str(fieldDevice, id).Str(fieldName, name).Str(fieldPolicy, policy)
 	}
-	refuse := func(log zerolog.Logger, result string, aerr *apiError, retryAfter time.Duration) *refusal {
-		s.refused(log, id, name, policy, result, aerr)
+	refuse := func(line *zerolog.Event, result string, aerr *apiError, retryAfter time.Duration) *refusal {
+		s.refusedLine(line, id, name, policy, result, aerr)
 		return &refusal{aerr, retryAfter}
 	}
 	if !in.routed {
@@ -335,8 +365,7 @@ func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.Str
 	if le := s.lim.admit(id); le != nil {
 		return nil, none, nil, refuse(log(), "throttled", errThrottled(le), le.retryAfter)
 	}
-	st := s.newStream(id, name, policy)
-	st.inline, st.svc = in.inline, in.svc
+	st := s.newStream(in)
 	dctx, cancel := context.WithTimeout(ctx, in.responseTO)
 	defer cancel()
 	var sent func(*yamux.Stream)
@@ -349,9 +378,9 @@ func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.Str
 		s.drop(st)
 		switch {
 		case errors.Is(err, errShuttingDown):
-			return nil, none, nil, refuse(st.log, resultShutdown, errHubShuttingDown(), 0)
+			return nil, none, nil, refuse(st.log.Info(), resultShutdown, errHubShuttingDown(), 0)
 		case errors.Is(err, context.DeadlineExceeded):
-			return nil, none, nil, refuse(st.log, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
+			return nil, none, nil, refuse(st.log.Info(), "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
 				fmt.Sprintf("device %q did not answer the stream request within %s", id, in.responseTO)}, 0)
 		case errors.Is(err, context.Canceled):
 			st.log.Debug().Msg("service went away before the device answered")
@@ -359,11 +388,11 @@ func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.Str
 			return nil, none, nil, nil
 		case !errors.Is(err, errSessionGone):
 			// The device answered, but not with a StreamResponse.
-			return nil, none, nil, refuse(st.log, "error", &apiError{http.StatusBadGateway, wire.CodeBadGateway, "BadGateway",
+			return nil, none, nil, refuse(st.log.Info(), "error", &apiError{http.StatusBadGateway, wire.CodeBadGateway, "BadGateway",
 				fmt.Sprintf("device %q sent an invalid answer to the stream request: %v", id, err)}, 0)
 		default:
 			st.log.Debug().Err(err).Msg("stream request not delivered")
-			return nil, none, nil, refuse(st.log, "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
+			return nil, none, nil, refuse(st.log.Info(), "unavailable", &apiError{http.StatusNotFound, wire.CodeDeviceUnavailable, "DeviceNotOnline",
 				fmt.Sprintf("device %q disconnected before answering", id)}, 0)
 		}
 	}
@@ -392,7 +421,7 @@ func (s *Server) initiate(ctx context.Context, in initiation) (*stream, wire.Str
 		if ctl != nil {
 			sess.release(ctl)
 		}
-		return nil, none, nil, refuse(st.log, "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
+		return nil, none, nil, refuse(st.log.Info(), "timeout", &apiError{http.StatusGatewayTimeout, wire.CodeGatewayTimeout, "GatewayTimeout",
 			fmt.Sprintf("device %q accepted the stream after its handshake deadline", id)}, 0)
 	}
 	s.metrics.streamStarted()
@@ -411,7 +440,13 @@ func retrySeconds(d time.Duration) int64 {
 // refused logs and records a stream initiation that never reached a
 // device.
 func (s *Server) refused(log zerolog.Logger, id, name, policy, result string, aerr *apiError) {
-	log.Info().Str("result", result).Str("reason", aerr.msg).Msg("stream refused")
+	s.refusedLine(log.Info(), id, name, policy, result, aerr)
+}
+
+// refusedLine is refused, logging on line (an info line of the caller's
+// logger, nil when that level is off).
+func (s *Server) refusedLine(line *zerolog.Event, id, name, policy, result string, aerr *apiError) {
+	line.Str("result", result).Str("reason", aerr.msg).Msg("stream refused")
 	s.addEvent(registry.StreamEvent{DeviceID: id, Name: name, Policy: policy, Result: result, Reason: aerr.msg, Started: time.Now()})
 }
 
@@ -450,7 +485,7 @@ func (s *Server) claim(id, token string) (*stream, side, *apiError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.streams[id]
-	if st == nil || st.closed {
+	if st == nil || st.closed || st.inline {
 		return nil, 0, &apiError{http.StatusNotFound, wire.CodeStreamNotFound, "StreamNotFound", "no such stream: it ended, expired or never existed"}
 	}
 	sd := side(-1)

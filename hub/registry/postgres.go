@@ -441,14 +441,25 @@ func (s *postgresStore) createPolicy(ctx context.Context, p Policy) error {
 	return nil
 }
 
-const postgresInsertEvent = `INSERT INTO stream_events
-	(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
+const postgresInsertEvent = `INSERT INTO stream_events (` + eventColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
+
+// postgresInsertEvents holds the INSERTs of eventInsertSizes events. pgx
+// prepares each once per connection (its statement cache).
+var postgresInsertEvents = sync.OnceValue(func() (q [len(eventInsertSizes)]string) {
+	for i, n := range eventInsertSizes {
+		q[i] = insertEventsSQL(n, func(i int) string { return "$" + strconv.Itoa(i) })
+	}
+	return q
+})
 
 func postgresEventArgs(e StreamEvent) []any {
+	return appendPostgresEventArgs(nil, e)
+}
+
+func appendPostgresEventArgs(args []any, e StreamEvent) []any {
 	e = cleanEvent(e)
-	return []any{e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
-		e.BytesUp, e.BytesDown, micros(e.Started), int64(e.Duration)}
+	return append(args, e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
+		e.BytesUp, e.BytesDown, micros(e.Started), int64(e.Duration))
 }
 
 func (s *postgresStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
@@ -458,10 +469,19 @@ func (s *postgresStore) AddStreamEvent(ctx context.Context, e StreamEvent) error
 	return nil
 }
 
+// AddStreamEvents writes es in one transaction, with the INSERTs of
+// eventInsertSizes, in order, so that their IDs follow es.
 func (s *postgresStore) AddStreamEvents(ctx context.Context, es []StreamEvent) error {
+	if len(es) == 0 {
+		return nil
+	}
 	var b pgx.Batch
-	for _, e := range es {
-		b.Queue(postgresInsertEvent, postgresEventArgs(e)...)
+	for i, chunk := range eventChunks(es) {
+		args := make([]any, 0, 10*len(chunk))
+		for _, e := range chunk {
+			args = appendPostgresEventArgs(args, e)
+		}
+		b.Queue(postgresInsertEvents()[i], args...)
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, &b).Close() })
 	if err != nil {

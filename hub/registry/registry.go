@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -268,6 +269,56 @@ func checkPolicy(p Policy) error {
 		return fmt.Errorf("policy name: %w", ErrInvalidText)
 	}
 	return checkKeys(p.PrimaryKey, p.SecondaryKey)
+}
+
+// eventColumns are the stream_events columns an event is written to, in
+// the order of sqliteEventArgs and postgresEventArgs.
+const eventColumns = `stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration`
+
+// eventInsertSizes are the numbers of events that the INSERT statements
+// of a batch write, largest first: a batch is written as a few multi-row
+// INSERTs rather than a statement per event, which is most of the cost of
+// a small event (issue 7), and from a few fixed statements, which each
+// store prepares once (SQLite spends more parsing a 64-row INSERT than
+// running it). The 640 parameters of the largest are far below the limits
+// of SQLite (32766) and PostgreSQL (65535).
+var eventInsertSizes = [...]int{64, 16, 4, 1}
+
+// eventChunks yields es in order, split into chunks of eventInsertSizes,
+// each with the index of its size.
+func eventChunks(es []StreamEvent) iter.Seq2[int, []StreamEvent] {
+	return func(yield func(int, []StreamEvent) bool) {
+		for i, n := range eventInsertSizes {
+			for len(es) >= n {
+				if !yield(i, es[:n]) {
+					return
+				}
+				es = es[n:]
+			}
+		}
+	}
+}
+
+// insertEventsSQL is an INSERT of rows events into stream_events, with
+// parameters written by param(i) for i from 1 up.
+func insertEventsSQL(rows int, param func(i int) string) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO stream_events (" + eventColumns + ") VALUES ")
+	const cols = 10
+	for r := range rows {
+		if r > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for c := range cols {
+			if c > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(param(r*cols + c + 1))
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
 }
 
 // cleanEvent applies cleanText to the strings of e.

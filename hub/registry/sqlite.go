@@ -90,6 +90,9 @@ type sqliteStore struct {
 	// device, and a session stream its policy), which would otherwise
 	// parse their SQL each time.
 	getDevice, getPolicy *sql.Stmt
+	// Prepared on w: the INSERTs of eventInsertSizes events that
+	// AddStreamEvents writes a batch with.
+	insertEvents [len(eventInsertSizes)]*sql.Stmt
 
 	closeOnce sync.Once
 	closeErr  error
@@ -180,8 +183,15 @@ func (s *sqliteStore) prepare() error {
 	if s.getDevice, err = s.r.Prepare(`SELECT ` + deviceColumns + ` FROM devices WHERE id = ?`); err != nil {
 		return err
 	}
-	s.getPolicy, err = s.r.Prepare(`SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?`)
-	return err
+	if s.getPolicy, err = s.r.Prepare(`SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?`); err != nil {
+		return err
+	}
+	for i, n := range eventInsertSizes {
+		if s.insertEvents[i], err = s.w.Prepare(insertEventsSQL(n, func(int) string { return "?" })); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // chmodFiles makes the database file and any -wal and -shm files mode 0600.
@@ -489,14 +499,16 @@ func (s *sqliteStore) createPolicy(ctx context.Context, p Policy) error {
 	return nil
 }
 
-const sqliteInsertEvent = `INSERT INTO stream_events
-	(stream_id, device_id, policy, name, result, reason, bytes_up, bytes_down, started, duration)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+const sqliteInsertEvent = `INSERT INTO stream_events (` + eventColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func sqliteEventArgs(e StreamEvent) []any {
+	return appendSQLiteEventArgs(nil, e)
+}
+
+func appendSQLiteEventArgs(args []any, e StreamEvent) []any {
 	e = cleanEvent(e)
-	return []any{e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
-		e.BytesUp, e.BytesDown, e.Started.UnixMicro(), int64(e.Duration)}
+	return append(args, e.StreamID, e.DeviceID, e.Policy, e.Name, e.Result, e.Reason,
+		e.BytesUp, e.BytesDown, e.Started.UnixMicro(), int64(e.Duration))
 }
 
 func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
@@ -506,20 +518,29 @@ func (s *sqliteStore) AddStreamEvent(ctx context.Context, e StreamEvent) error {
 	return nil
 }
 
+// AddStreamEvents writes es in one transaction, with the prepared INSERTs
+// of eventInsertSizes, in order, so that their IDs follow es.
 func (s *sqliteStore) AddStreamEvents(ctx context.Context, es []StreamEvent) error {
+	if len(es) == 0 {
+		return nil
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("add %d stream events: %w", len(es), err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, sqliteInsertEvent)
-	if err != nil {
-		return fmt.Errorf("add %d stream events: %w", len(es), err)
-	}
-	defer stmt.Close()
-	for _, e := range es {
-		if _, err := stmt.ExecContext(ctx, sqliteEventArgs(e)...); err != nil {
-			return fmt.Errorf("add stream event %q: %w", e.StreamID, err)
+	var stmts [len(eventInsertSizes)]*sql.Stmt // closed with tx
+	args := make([]any, 0, 10*eventInsertSizes[0])
+	for i, chunk := range eventChunks(es) {
+		if stmts[i] == nil {
+			stmts[i] = tx.StmtContext(ctx, s.insertEvents[i])
+		}
+		args = args[:0]
+		for _, e := range chunk {
+			args = appendSQLiteEventArgs(args, e)
+		}
+		if _, err := stmts[i].ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("add %d stream events: %w", len(es), err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -624,7 +645,11 @@ func (s *sqliteStore) PruneStreamEvents(ctx context.Context, olderThan time.Time
 
 func (s *sqliteStore) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeErr = errors.Join(s.getDevice.Close(), s.getPolicy.Close(), s.r.Close(), s.w.Close())
+		errs := []error{s.getDevice.Close(), s.getPolicy.Close()}
+		for _, st := range s.insertEvents {
+			errs = append(errs, st.Close())
+		}
+		s.closeErr = errors.Join(append(errs, s.r.Close(), s.w.Close())...)
 	})
 	return s.closeErr
 }

@@ -60,6 +60,24 @@ func benchStore(b *testing.B, s registry.Store) {
 			}
 		})
 	})
+	// The hub's event writer (hub/eventlog.go) adds events in batches of
+	// whatever queued while the previous batch was written.
+	for _, n := range []int{1, 8, 64, 512} {
+		b.Run(fmt.Sprintf("AddStreamEvents/%d", n), func(b *testing.B) {
+			es := make([]registry.StreamEvent, n)
+			for i := range es {
+				es[i] = registry.StreamEvent{StreamID: fmt.Sprintf("stream-%d", i), DeviceID: "dev-0001",
+					Policy: "service", Name: "ssh", Result: "ended", Reason: "closed by the service",
+					BytesUp: 1, BytesDown: 1, Started: time.Now(), Duration: time.Millisecond}
+			}
+			for b.Loop() {
+				if err := s.AddStreamEvents(ctx, es); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
+		})
+	}
 	b.Run("UpdateDevice", func(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			i := 0

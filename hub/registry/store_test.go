@@ -560,6 +560,39 @@ func testAddStreamEvents(t *testing.T, s registry.Store) {
 		newest.Duration != want.Duration || newest.Reason != "bad \uFFFD byte" {
 		t.Errorf("newest event %+v, want %+v with the bad byte replaced", newest, want)
 	}
+	// Every event, every field, across the statements a batch is split
+	// into (64, 16, 4 and 1 events each).
+	for i, e := range batch {
+		g := got[len(got)-1-i]
+		e.ID, e.Reason = g.ID, "bad \uFFFD byte"
+		if !g.Started.Equal(e.Started) {
+			t.Errorf("event %d started %v, want %v", i, g.Started, e.Started)
+		}
+		g.Started = e.Started
+		if g != e {
+			t.Errorf("event %d stored as %+v, want %+v", i, g, e)
+		}
+	}
+	// Events that started at the same time keep the batch's order (by ID).
+	same := make([]registry.StreamEvent, 130)
+	for i := range same {
+		same[i] = registry.StreamEvent{StreamID: fmt.Sprintf("same%03d", i), DeviceID: "dev2", Started: base}
+	}
+	if err := s.AddStreamEvents(ctx, same); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.StreamEvents(ctx, registry.EventFilter{DeviceID: "dev2", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(same) {
+		t.Fatalf("%d events stored, want %d", len(got), len(same))
+	}
+	for i, g := range got {
+		if want := same[len(same)-1-i].StreamID; g.StreamID != want {
+			t.Fatalf("event %d (newest first) is %s, want %s", i, g.StreamID, want)
+		}
+	}
 	if err := s.AddStreamEvents(ctx, nil); err != nil {
 		t.Errorf("an empty batch: %v", err)
 	}
