@@ -2,6 +2,7 @@ package yamux
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -20,7 +21,8 @@ func TestRefuseStream(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
-	if _, err := st.Write([]byte("hello")); err != nil {
+	// The reset may come back before the write goes out.
+	if _, err := st.Write([]byte("hello")); err != nil && !errors.Is(err, ErrConnectionReset) {
 		t.Fatalf("write: %v", err)
 	}
 	select {
@@ -128,5 +130,59 @@ func TestOnCloseMayClose(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("OnClose did not return")
+	}
+}
+
+// TestBodyWrittenInPlace: a writer may reuse its buffer as soon as Write
+// returns (the send loop wrote the body from it, with no copy of its
+// own), and the peer reads every frame as it was written.
+func TestBodyWrittenInPlace(t *testing.T) {
+	clientConn, serverConn := testConnPipe(t)
+	client, server := testClientServerConfig(t, clientConn, serverConn, testConfNoKeepAlive(), testConfNoKeepAlive())
+	const frames, size = 16, 256 << 10
+	got := make(chan error, 1)
+	go func() {
+		st, err := server.AcceptStream()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer st.Close()
+		b := make([]byte, size)
+		for i := 0; i < frames; i++ {
+			if _, err := io.ReadFull(st, b); err != nil {
+				got <- err
+				return
+			}
+			for j, c := range b {
+				if c != byte(i) {
+					got <- fmt.Errorf("frame %d byte %d: %d, want %d", i, j, c, byte(i))
+					return
+				}
+			}
+		}
+		got <- nil
+	}()
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer st.Close()
+	buf := make([]byte, size)
+	for i := 0; i < frames; i++ {
+		for j := 0; j < len(buf); j++ {
+			buf[j] = byte(i) // overwrites what the previous Write sent
+		}
+		if _, err := st.Write(buf); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reader did not finish")
 	}
 }

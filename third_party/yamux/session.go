@@ -2,7 +2,6 @@ package yamux
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -506,10 +505,7 @@ func (s *Session) send() {
 
 func (s *Session) sendLoop() error {
 	defer close(s.sendDoneCh)
-	var bodyBuf bytes.Buffer
 	for {
-		bodyBuf.Reset()
-
 		select {
 		case ready := <-s.sendCh:
 			// Send a header if ready
@@ -522,30 +518,24 @@ func (s *Session) sendLoop() error {
 				}
 			}
 
+			// dsproxy fork: the body is written in place, under
+			// ready.mu, instead of being copied into a buffer of the
+			// loop's first. A sender that gives up (write timeout,
+			// shutdown) takes ready.mu before it returns, so it waits
+			// for this write and its buffer is never read after. One
+			// copy fewer per data frame, and no buffer as large as the
+			// largest frame kept for the session's life.
 			ready.mu.Lock()
+			var err error
 			if ready.Body != nil {
-				// Copy the body into the buffer to avoid
-				// holding a mutex lock during the write.
-				_, err := bodyBuf.Write(ready.Body)
-				if err != nil {
-					ready.Body = nil
-					ready.mu.Unlock()
-					s.logger.Printf("[ERR] yamux: Failed to copy body into buffer: %v", err)
-					asyncSendErr(ready.Err, err)
-					return err
-				}
+				_, err = s.conn.Write(ready.Body)
 				ready.Body = nil
 			}
 			ready.mu.Unlock()
-
-			if bodyBuf.Len() > 0 {
-				// Send data from a body if given
-				_, err := s.conn.Write(bodyBuf.Bytes())
-				if err != nil {
-					s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
-					asyncSendErr(ready.Err, err)
-					return err
-				}
+			if err != nil {
+				s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
+				asyncSendErr(ready.Err, err)
+				return err
 			}
 
 			// No error, successful send
