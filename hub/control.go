@@ -36,10 +36,9 @@ type session struct {
 	epoch    int64         // the session's number among the device's, across replicas (cluster.go)
 	up       chan struct{} // closed once SessionReady is sent
 	inline   bool          // the device takes inline stream requests
-	// largeFrames: the device accepts data frames of up to
-	// wire.MaxFramePayload (wire.FeatureLargeFrames), else of up to
-	// wire.LegacyFramePayload.
-	largeFrames bool
+	// maxFrame is the largest data payload the device accepts, as the
+	// wire carries it (see announcedMaxFrame, wire.FrameLimit).
+	maxFrame int
 
 	// active counts the inline streams the session carries; quiet gets a
 	// token whenever it drops to zero. A session that is replaced or that
@@ -212,7 +211,7 @@ func (s *Server) handleControl(w http.ResponseWriter, r *http.Request) {
 		quiet:    make(chan struct{}, 1),
 		h:        held{s: s, ctx: ctx, drop: drop},
 
-		largeFrames: slices.Contains(features, wire.FeatureLargeFrames),
+		maxFrame: announcedMaxFrame(features),
 	}
 	// The session has no goroutine of its own besides yamux's two loops
 	// (issue 6: an idle device's memory): yamux refuses the streams the

@@ -107,8 +107,8 @@ func (s *Server) deliver(ctx context.Context, st *stream, sess *session, connect
 		}
 		if !st.inline {
 			req.URL, req.AuthToken = s.streamURL(st.id), st.tokens[sideDevice]
-		} else if st.svc != nil && st.svc.largeFrames {
-			req.MaxFrame = wire.MaxFramePayload // what the service accepts
+		} else if st.svc != nil {
+			req.MaxFrame = st.svc.maxFrame // what the service accepts
 		}
 		s.mu.Unlock()
 		resp, ctl, err := sess.request(ctx, req, connectTO, sent)

@@ -42,10 +42,9 @@ type svcSession struct {
 	token  sas.Token // the service signed in with
 	since  time.Time
 	log    zerolog.Logger
-	// largeFrames: the service accepts data frames of up to
-	// wire.MaxFramePayload (wire.FeatureLargeFrames), else of up to
-	// wire.LegacyFramePayload.
-	largeFrames bool
+	// maxFrame is the largest data payload the service accepts, as the
+	// wire carries it (see announcedMaxFrame, wire.FrameLimit).
+	maxFrame int
 
 	// verified holds the policy's keys (primary, secondary) that token
 	// last verified with. The check depends on nothing else that changes
@@ -78,7 +77,7 @@ func (s *Server) handleServiceSession(w http.ResponseWriter, r *http.Request) {
 	defer watched()
 	tok, _ := sas.ParseToken(r.Header.Get("Authorization")) // require checked it
 	ss := &svcSession{policy: p.policy, token: tok, since: time.Now(), log: log,
-		largeFrames: slices.Contains(headerTokens(r.Header, wire.HeaderFeatures), wire.FeatureLargeFrames)}
+		maxFrame: announcedMaxFrame(headerTokens(r.Header, wire.HeaderFeatures))}
 	log.Info().Msg("service session up")
 	s.svcSessions.Add(1)
 	defer s.svcSessions.Add(-1)
@@ -228,7 +227,7 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 	sp := &splice{s: s, ends: make(chan end, 3), idle: s.watchIdle()}
 	defer sp.idle.stop()
 	sp.conns[sideService] = yst
-	sp.limit[sideService] = frameLimit(ss.largeFrames)
+	sp.limit[sideService] = wire.FrameLimit(ss.maxFrame)
 	in := initiation{
 		policy: ss.policy, deviceID: req.DeviceID, name: req.Name,
 		connectTO:  clampSeconds(req.ConnectTimeout, s.cfg.ConnectTimeout, s.cfg.MaxRequestTimeout),
@@ -240,7 +239,7 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 			// end, should it come first, waits in sp.ends: the stream
 			// ends as soon as it is relayed, and the device sees why.
 			s.mu.Lock()
-			sp.limit[sideDevice] = frameLimit(st.sess.largeFrames)
+			sp.limit[sideDevice] = wire.FrameLimit(st.sess.maxFrame)
 			s.mu.Unlock()
 			sp.st, sp.conns[sideDevice] = st, ctl
 			sp.run(sideService)
@@ -258,11 +257,7 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 	sess := st.sess
 	s.mu.Unlock()
 	defer sess.release(ctl)
-	maxFrame := 0 // the device accepts wire.LegacyFramePayload
-	if sess.largeFrames {
-		maxFrame = wire.MaxFramePayload
-	}
-	if err := s.answerOpen(yst, nil, st, resp, maxFrame); err != nil {
+	if err := s.answerOpen(yst, nil, st, resp, sess.maxFrame); err != nil {
 		st.log.Debug().Err(err).Msg("service gone before the answer")
 	}
 	result, reason := sp.relay(st)
@@ -272,13 +267,15 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 	s.streamEnded(st, result, reason)
 }
 
-// frameLimit is the largest data payload a side accepts, by whether it
-// announced wire.FeatureLargeFrames.
-func frameLimit(large bool) int {
-	if large {
+// announcedMaxFrame is the largest data payload a session's peer accepts,
+// from the features it announced, as OpenResult.MaxFrame and
+// StreamRequest.MaxFrame carry it: wire.MaxFramePayload with
+// wire.FeatureLargeFrames, else 0 (wire.LegacyFramePayload).
+func announcedMaxFrame(features []string) int {
+	if slices.Contains(features, wire.FeatureLargeFrames) {
 		return wire.MaxFramePayload
 	}
-	return wire.LegacyFramePayload
+	return 0
 }
 
 // openErr turns an invalid OpenStream into a 400.
@@ -383,8 +380,8 @@ type splice struct {
 	conns [2]*yamux.Stream // by side
 	idle  *idleWatch       // nil when the idle timeout is off
 	ends  chan end         // one per pump, and one to spare
-	// limit is, by side, the largest data payload it accepts (see
-	// frameLimit); set with conns.
+	// limit is, by side, the largest data payload it accepts
+	// (wire.FrameLimit); set with conns.
 	limit [2]int
 
 	// mu[sd] is held while a frame is written to side sd; after shut[sd]
