@@ -398,40 +398,25 @@ func (c *sessionConn) Write(p []byte) (int, error) {
 // within bounds. A read error from r is returned as it is; a write error
 // as Write reports it.
 func (c *sessionConn) ReadBurst(r io.Reader) (n int64, done bool, err error) {
-	if !c.answered.Load() {
-		return c.readBurstSlow(r)
-	}
 	bp := wire.FrameBuffer()
 	defer wire.PutFrameBuffer(bp)
-	buf := (*bp)[:wire.FrameHeaderSize+int(c.maxFrame.Load())]
+	// Answered: read into the frame after its header. Not yet: through
+	// Write, in pieces that keep the replay bounded.
+	slow := !c.answered.Load()
+	off, size := wire.FrameHeaderSize, int(c.maxFrame.Load())
+	if slow {
+		off, size = 0, maxPending/2
+	}
+	buf := (*bp)[:off+size]
 	for {
-		k, rerr := r.Read(buf[wire.FrameHeaderSize:])
+		k, rerr := r.Read(buf[off:])
 		if k > 0 {
-			if err := c.writeFrame(buf[:wire.FrameHeaderSize+k]); err != nil {
-				return n, false, err
+			m := 0
+			if slow {
+				m, err = c.Write(buf[:k])
+			} else if err = c.writeFrame(buf[:off+k]); err == nil {
+				m = k
 			}
-			n += int64(k)
-		}
-		switch {
-		case rerr == io.EOF:
-			return n, true, nil
-		case rerr != nil:
-			return n, false, rerr
-		case k < len(buf)-wire.FrameHeaderSize:
-			return n, false, nil
-		}
-	}
-}
-
-// readBurstSlow is ReadBurst through Write.
-func (c *sessionConn) readBurstSlow(r io.Reader) (n int64, done bool, err error) {
-	bp := wire.FrameBuffer()
-	defer wire.PutFrameBuffer(bp)
-	buf := (*bp)[:maxPending/2]
-	for {
-		k, rerr := r.Read(buf)
-		if k > 0 {
-			m, err := c.Write(buf[:k])
 			n += int64(m)
 			if err != nil {
 				return n, false, err
@@ -442,7 +427,7 @@ func (c *sessionConn) readBurstSlow(r io.Reader) (n int64, done bool, err error)
 			return n, true, nil
 		case rerr != nil:
 			return n, false, rerr
-		case k < len(buf):
+		case k < size:
 			return n, false, nil
 		}
 	}
