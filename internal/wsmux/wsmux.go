@@ -379,22 +379,13 @@ func (c *conn) sendDirect(hdr, body []byte) (sent bool, err error) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err != nil && c.err == nil {
-		c.err = err
-		c.ws.CloseNow() // as in flush: the message may be cut short
-	}
+	c.failedLocked(err)
 	if c.err == nil && c.q != nil {
 		c.flushers.Add(1)
 		go c.flush(idle)
 		return true, nil
 	}
-	if c.q != nil {
-		putQueue(c.q)
-		c.q = nil
-	}
-	c.flushing = false
-	close(idle)
-	c.space.Broadcast()
+	c.doneFlushingLocked(idle)
 	if err != nil {
 		return true, fmt.Errorf("write session frame: %w", err)
 	}
@@ -438,13 +429,25 @@ func (c *conn) flush(idle chan struct{}) {
 		err := c.sendQueue(q)
 		putQueue(q)
 		c.mu.Lock()
-		if err != nil && c.err == nil {
-			c.err = err
-			// The message may be cut short: nothing more can follow it.
-			// Closing makes the session's reads fail too, so yamux ends.
-			c.ws.CloseNow()
-		}
+		c.failedLocked(err)
 	}
+	c.doneFlushingLocked(idle)
+	c.mu.Unlock()
+}
+
+// failedLocked records err, a failed send, as the conn's error: the
+// message may be cut short, so nothing more can follow it. Closing makes
+// the session's reads fail too, so yamux ends. A nil err does nothing.
+func (c *conn) failedLocked(err error) {
+	if err != nil && c.err == nil {
+		c.err = err
+		c.ws.CloseNow()
+	}
+}
+
+// doneFlushingLocked ends a flush: what still waits after a failed write
+// is dropped, and writers waiting for space or for the flush are woken.
+func (c *conn) doneFlushingLocked(idle chan struct{}) {
 	if c.q != nil { // a write failed: drop what waits
 		putQueue(c.q)
 		c.q = nil
@@ -452,7 +455,6 @@ func (c *conn) flush(idle chan struct{}) {
 	c.flushing = false
 	close(idle)
 	c.space.Broadcast()
-	c.mu.Unlock()
 }
 
 // closeFlush bounds how long Close and Flush wait for queued messages to
