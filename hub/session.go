@@ -420,6 +420,9 @@ func (sp *splice) relay(st *stream) (result, reason string) {
 	case <-idle.expired():
 		first = end{from: -1, err: errIdle}
 	}
+	if first.from == sideDevice && errors.Is(first.err, errUnframed) {
+		first = sp.sessionEnd(st, first)
+	}
 	code, why := closeFor(first)
 	for sd, c := range sp.conns {
 		if first.dead && side(sd) == first.from {
@@ -448,6 +451,32 @@ func (sp *splice) relay(st *stream) (result, reason string) {
 		return outcome(first, why)
 	}
 }
+
+// sessionEnd is the end of st when the device's side ended without a
+// close frame (first): when the device's control session is closed, its
+// yamux streams end before the hub has read why (closeSession runs from
+// yamux's OnClose, after), so the session's end, which loseSession or a
+// revocation sends on st.stop, is waited for briefly and names the cause.
+func (sp *splice) sessionEnd(st *stream, first end) end {
+	sp.s.mu.Lock()
+	sess := st.sess
+	sp.s.mu.Unlock()
+	if sess == nil || !sess.mux.IsClosed() {
+		return first
+	}
+	t := time.NewTimer(sessionEndWait)
+	defer t.Stop()
+	select {
+	case e := <-st.stop:
+		return e
+	case <-t.C:
+		return first
+	}
+}
+
+// sessionEndWait bounds how long a stream whose device session closed
+// waits for the session's end to say why.
+const sessionEndWait = 500 * time.Millisecond
 
 // pump copies frames from side from to the other side until a close
 // frame, an error, a data frame larger than the other side accepts or the
