@@ -270,7 +270,12 @@ func (c *Conn) Abort() error {
 	return c.closeWith(closePeerLost, "peer connection lost")
 }
 
-// closeWith ends the stream once, with code and reason.
+// closeWait bounds the close handshake: a hub that answers at all does
+// so within a round trip.
+const closeWait = time.Second
+
+// closeWith ends the stream once, with code and reason, within closeWait
+// (and batch's flush bound).
 func (c *Conn) closeWith(code websocket.StatusCode, reason string) error {
 	var err error
 	c.closeOnce.Do(func() {
@@ -279,7 +284,20 @@ func (c *Conn) closeWith(code websocket.StatusCode, reason string) error {
 			c.timer.Stop()
 		}
 		c.deadlineMu.Unlock()
+		// The close handshake needs the hub to read our close frame and
+		// answer. A hub that reads nothing from this stream (its other
+		// side stalled) never does, and the WebSocket library would wait
+		// 5 s for each step; after closeWait the connection under the
+		// WebSocket is closed, which ends the handshake.
+		fired := make(chan struct{})
+		t := time.AfterFunc(closeWait, func() {
+			defer close(fired)
+			c.layers.wire.Close()
+		})
 		err = c.ws.Close(code, reason)
+		if !t.Stop() {
+			<-fired
+		}
 		c.cancel()
 		if errors.Is(err, net.ErrClosed) || websocket.CloseStatus(err) != -1 {
 			err = nil
