@@ -125,10 +125,10 @@ type readyConn struct {
 // P-256 and did not resume (the hub restarted without its ticket keys,
 // or the ticket was too old) is dialed again with the default key
 // exchange, so no stream connection rests on P-256 alone; so is one
-// that failed otherwise (a server that takes no P-256 refuses it with an
-// alert, which crypto/tls does not export). P-256 is
-// offered alone: crypto/tls sends its key share for the first exchange in
-// a fixed order (X25519 before P-256), and its server picks a
+// that failed otherwise before its handshake timeout (a server that takes
+// no P-256 refuses it with an alert, which crypto/tls does not export).
+// P-256 is offered alone: crypto/tls sends its key share for the first
+// exchange in a fixed order (X25519 before P-256), and its server picks a
 // post-quantum exchange whenever one is listed, at the cost of a
 // HelloRetryRequest.
 var resumeCurves = []tls.CurveID{tls.CurveP256}
@@ -140,7 +140,8 @@ var resumeCurves = []tls.CurveID{tls.CurveP256}
 // there).
 func dialTLS(ctx context.Context, base *http.Transport, network, addr string) (*readyConn, error) {
 	rc, offered, err := dialTLSWith(ctx, base, network, addr, true)
-	if offered && err != nil && ctx.Err() == nil {
+	// Not again after the handshake timeout: that would double it.
+	if offered && err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
 		rc, _, err = dialTLSWith(ctx, base, network, addr, false)
 	}
 	return rc, err

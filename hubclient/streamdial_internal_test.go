@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -105,5 +107,45 @@ func TestStreamDialOwnCurves(t *testing.T) {
 		if cs := dialState(t, base, addr, what); cs.CurveID != tls.X25519 {
 			t.Fatalf("%s: key exchange %v, want X25519", what, cs.CurveID)
 		}
+	}
+}
+
+// TestStreamDialTimeoutOnce: a resuming handshake that runs into the
+// handshake timeout is not dialed again, which would double the wait.
+func TestStreamDialTimeoutOnce(t *testing.T) {
+	_, addr, base := tlsServer(t, nil)
+	dialState(t, base, addr, "first dial") // caches a session for 127.0.0.1
+
+	// A server under the same name that never answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 2)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		close(accepted)
+		for c := range accepted {
+			c.Close()
+		}
+	})
+	base.TLSHandshakeTimeout = 100 * time.Millisecond
+	if _, err := dialTLS(context.Background(), base, "tcp", ln.Addr().String()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial a silent server: %v, want %v", err, context.DeadlineExceeded)
+	}
+	if n := len(accepted); n != 1 {
+		t.Errorf("%d connections to the silent server, want 1", n)
 	}
 }
