@@ -20,7 +20,19 @@ import (
 func BenchmarkParallelSessionSetups(b *testing.B) {
 	w := dsproxytest.NewHub(b)
 	w.StartDevice(b, "bench", "echo="+dsproxytest.Echo(b))
-	addr := w.StartSessionService(b, "bench", "echo")
+	parallelSetups(b, w.StartSessionService(b, "bench", "echo"))
+}
+
+// BenchmarkParallelStreamSetups is BenchmarkParallelSessionSetups through
+// a per-stream service proxy: a POST and two stream WebSockets per setup.
+func BenchmarkParallelStreamSetups(b *testing.B) {
+	w := dsproxytest.NewHub(b)
+	w.StartDevice(b, "bench", "echo="+dsproxytest.Echo(b))
+	parallelSetups(b, w.StartService(b, "bench", "echo"))
+}
+
+// parallelSetups runs the setup loops against the proxy listening on addr.
+func parallelSetups(b *testing.B, addr string) {
 	b.SetParallelism(32)
 	var failed atomic.Int64
 	b.RunParallel(func(pb *testing.PB) {

@@ -74,7 +74,12 @@ func newBase(connStr string, hubs []string, tlsCfg *tls.Config, ttl time.Duratio
 		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:     tlsCfg,
 		TLSHandshakeTimeout: 15 * time.Second,
-		MaxIdleConnsPerHost: 16,
+		// As many as a busy service proxy has initiations in flight:
+		// with fewer, every connection beyond them is closed after its
+		// POST and the next burst dials and handshakes anew (issue 6:
+		// with 16, every fourth setup of 64 parallel clients). Idle
+		// ones close after IdleConnTimeout.
+		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 		// WebSockets need HTTP/1.1.
 		ForceAttemptHTTP2: false,

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net/http/httptrace"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -61,6 +62,67 @@ func TestInitiationKeepsConnection(t *testing.T) {
 	// One connection for the POSTs, one per accepted stream's WebSocket.
 	if got, want := fresh.Load(), int32(1+3); got != want {
 		t.Errorf("%d new connections for %d requests, want %d", got, posts.Load(), want)
+	}
+}
+
+// TestParallelInitiationsKeepConnections checks that a burst of parallel
+// stream initiations finds its connections kept from the burst before:
+// the POSTs' pool keeps as many idle connections as a busy service proxy
+// has initiations in flight (issue 6: 64 parallel clients with 16 kept
+// made a TCP connection and a TLS handshake for every fourth setup).
+func TestParallelInitiationsKeepConnections(t *testing.T) {
+	const burst = 48
+	w := dsproxytest.NewHub(t)
+	cs := w.AddDevice(t, "dev")
+	// The device answers no request of a burst before all of them have
+	// arrived, so that each burst has all its POSTs in flight at once.
+	var arrived atomic.Int32
+	var mu sync.Mutex
+	all := make(chan struct{})
+	startDevice(t, w, cs, func(ctx context.Context, req *hubclient.StreamRequest) {
+		mu.Lock()
+		round := all
+		if arrived.Add(1)%burst == 0 {
+			close(all)
+			all = make(chan struct{})
+		}
+		mu.Unlock()
+		select {
+		case <-round:
+		case <-ctx.Done():
+		}
+		req.Reject("not now")
+	})
+	sc := w.ServiceClient(t, w.OwnerConnectionString)
+	var fresh atomic.Int32
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			if !info.Reused {
+				fresh.Add(1)
+			}
+		},
+	})
+	ctx, cancel := context.WithTimeout(ctx, dsproxytest.WaitTimeout)
+	defer cancel()
+	for round := range 2 {
+		fresh.Store(0)
+		var wg sync.WaitGroup
+		for range burst {
+			wg.Go(func() {
+				if c, err := sc.OpenStream(ctx, "dev", "s"); err == nil {
+					c.Close()
+					t.Error("rejected stream opened")
+				}
+			})
+		}
+		wg.Wait()
+		want := int32(burst)
+		if round > 0 {
+			want = 0
+		}
+		if got := fresh.Load(); got != want {
+			t.Errorf("burst %d: %d new connections for %d parallel initiations, want %d", round+1, got, burst, want)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package hubclient
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -109,12 +110,54 @@ type readyConn struct {
 	layers *streamLayers
 }
 
+// resumeCurves are the key exchanges a stream connection offers when it
+// resumes a TLS session with the hub (issue 6: the key exchange was a
+// third of a per-stream setup's CPU, two handshakes per stream).
+//
+// A resumed TLS 1.3 handshake derives its keys from both the session's
+// secret (the PSK) and a fresh key exchange (psk_dhe_ke, the only mode
+// crypto/tls speaks). The PSK comes, through a chain of resumptions, from
+// a full handshake with Go's default key exchange, the post-quantum
+// hybrid X25519MLKEM768; so the fresh exchange need not repeat ML-KEM to
+// keep a recording safe from a quantum computer, and it only adds forward
+// secrecy against the theft of the ticket keys, which P-256 gives as well
+// at about half the CPU of X25519 on amd64. A handshake that offered only
+// P-256 and did not resume (the hub restarted without its ticket keys,
+// or the ticket was too old) is dialed again with the default key
+// exchange, so no stream connection rests on P-256 alone; so is one
+// that failed otherwise before its handshake timeout (a server that takes
+// no P-256 refuses it with an alert, which crypto/tls does not export).
+// P-256 is offered alone: crypto/tls sends its key share for the first
+// exchange in a fixed order (X25519 before P-256), and its server picks a
+// post-quantum exchange whenever one is listed, at the cost of a
+// HelloRetryRequest.
+var resumeCurves = []tls.CurveID{tls.CurveP256}
+
 // dialTLS dials addr with base's dialer, TLS configuration and handshake
 // timeout, without a proxy, and returns the connection with its layers.
+// When the session cache holds a session for the hub and the
+// configuration names no key exchanges, it offers resumeCurves (see
+// there).
 func dialTLS(ctx context.Context, base *http.Transport, network, addr string) (*readyConn, error) {
+	rc, offered, err := dialTLSWith(ctx, base, network, addr, true)
+	// Not again after the handshake timeout: that would double it.
+	if offered && err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+		rc, _, err = dialTLSWith(ctx, base, network, addr, false)
+	}
+	return rc, err
+}
+
+// errNotResumed: a handshake that offered only resumeCurves did not resume
+// its session.
+var errNotResumed = errors.New("tls session not resumed")
+
+// dialTLSWith is dialTLS; with resume, a handshake offers resumeCurves
+// when the cache holds a session (offered reports that it did), and then
+// must resume (errNotResumed otherwise).
+func dialTLSWith(ctx context.Context, base *http.Transport, network, addr string, resume bool) (_ *readyConn, offered bool, _ error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
+		return nil, false, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	dial := base.DialContext
 	if dial == nil {
@@ -122,7 +165,7 @@ func dialTLS(ctx context.Context, base *http.Transport, network, addr string) (*
 	}
 	nc, err := dial(ctx, network, addr)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	l := &streamLayers{local: nc.LocalAddr(), remote: nc.RemoteAddr(), wire: batch.New(nc)}
 	cfg := &tls.Config{}
@@ -133,6 +176,10 @@ func dialTLS(ctx context.Context, base *http.Transport, network, addr string) (*
 		cfg.ServerName = host
 	}
 	cfg.NextProtos = []string{"http/1.1"} // WebSockets need HTTP/1.1
+	offered = resume && cfg.CurvePreferences == nil && cached(cfg)
+	if offered {
+		cfg.CurvePreferences = resumeCurves
+	}
 	tc := tls.Client(l.wire, cfg)
 	if hs := base.TLSHandshakeTimeout; hs > 0 {
 		var cancel context.CancelFunc
@@ -141,10 +188,24 @@ func dialTLS(ctx context.Context, base *http.Transport, network, addr string) (*
 	}
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+		return nil, offered, fmt.Errorf("tls handshake with %s: %w", addr, err)
+	}
+	if offered && !tc.ConnectionState().DidResume {
+		tc.Close()
+		return nil, offered, errNotResumed
 	}
 	l.plain = batch.New(tc)
-	return &readyConn{addr: addr, conn: l.plain, layers: l}, nil
+	return &readyConn{addr: addr, conn: l.plain, layers: l}, offered, nil
+}
+
+// cached reports whether cfg's session cache holds a session for the
+// server cfg names, under the key crypto/tls looks it up by.
+func cached(cfg *tls.Config) bool {
+	if cfg.ClientSessionCache == nil || cfg.SessionTicketsDisabled {
+		return false
+	}
+	_, ok := cfg.ClientSessionCache.Get(cfg.ServerName)
+	return ok
 }
 
 func (r *readyConn) close() { r.conn.Close() }
