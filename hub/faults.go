@@ -182,10 +182,7 @@ func (s *Server) endStreams(match func(*stream) bool, e end) {
 	s.mu.Lock()
 	for st := range s.relays {
 		if match(st) {
-			select {
-			case st.stop <- e:
-			default: // already being ended
-			}
+			st.halt(e)
 		}
 	}
 	for _, st := range s.streams {

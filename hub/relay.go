@@ -47,89 +47,189 @@ type end struct {
 	dead           bool
 }
 
-// relay copies messages between the two sides of a stream until one of them
-// ends, then closes the other at once and returns when both directions
-// have stopped. It returns the stream's result and a reason for the event
-// log.
-func (s *Server) relay(st *stream, svc, dev *websocket.Conn) (result, reason string) {
-	// The relay's own context is never canceled: cancelling a context
-	// under coder/websocket closes the connection with a generic code, and
-	// the hub wants to say why. Shutdown closes both sides explicitly.
-	ctx := context.Background()
-	idle := s.watchIdle()
-	defer idle.stop()
-	ends := make(chan end, 2)
-	act := activity{idle: idle} // what the liveness and idle checks learn from the pumps
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		ends <- pump(ctx, svc, dev, st.batches[sideDevice], sideService, &st.bytesUp, &act)
-	}()
-	go func() {
-		defer wg.Done()
-		ends <- pump(ctx, dev, svc, st.batches[sideService], sideDevice, &st.bytesDown, &act)
-	}()
+// relayRun is the relay of one stream over two WebSockets (the per-stream
+// mode): a pump per direction copies messages until one of them ends,
+// then the relay closes the other side at once and records the stream.
+//
+// The relay has no goroutine of its own (issue 6: the hub's memory per
+// open stream): besides the two pumps, what can end a stream arrives as a
+// callback, which ends it through fire: a fault or revocation
+// (stream.halt), the shutdown (the hub's context), the idle timeout and
+// the liveness check (timers). Every goroutine that works for the relay,
+// the pumps included, holds it (hold, release); the last to let go ends
+// the stream's record and the connection's count (Server.conns), so the
+// hub's shutdown waits for all of them.
+type relayRun struct {
+	s   *Server
+	st  *stream
+	act activity // what the liveness and idle checks learn from the pumps
+	lv  liveness // touched only by the running liveness check
+	// late is where a pump that ended after the chosen end leaves its
+	// own, for whyClosed.
+	late chan end
 
-	// The liveness check runs on a goroutine of its own only while it
-	// pings: an idle stream costs the hub no goroutine for it.
-	tick := time.NewTicker(s.cfg.KeepAliveInterval)
-	defer tick.Stop()
-	checkCtx, stopCheck := context.WithCancel(ctx)
-	defer stopCheck()
-	var lv liveness
-	checks := make(chan end, 1) // a check's finding; the zero end when both sides answered
-	checking := false
-	var first end
-wait:
-	for {
-		select {
-		case first = <-ends:
-			if errors.Is(first.err, net.ErrClosed) {
-				// A write found a side's connection closed under it: the
-				// library closes it once that side's close frame has
-				// been read, and the other pump, its reader, is about
-				// to report the close frame, which says how it ended.
-				first = whyClosed(first, ends)
-			}
-			break wait
-		case first = <-st.stop:
-			break wait
-		case <-s.ctx.Done():
-			first = shutdownEnd
-			break wait
-		case <-idle.expired():
-			first = end{from: -1, err: errIdle}
-			break wait
-		case <-tick.C:
-			if checking {
-				continue
-			}
-			checking = true
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				e, _ := s.checkLive(checkCtx, [2]*websocket.Conn{svc, dev}, &act, &lv)
-				checks <- e
-			}()
-		case e := <-checks:
-			checking = false
-			if e.err != nil {
-				first = e
-				break wait
+	mu             sync.Mutex
+	holds          int  // goroutines working for the relay; over at 0
+	ending         bool // an end was chosen: the relay closes both sides
+	keepalive      *time.Timer
+	stopShutdown   func() bool        // unregisters the end at the hub's shutdown
+	cancelCheck    context.CancelFunc // the running liveness check's
+	result, reason string             // for the stream event, set with ending
+}
+
+// newRelay makes the relay of st, whose two sides have both connected, and
+// arms its timers and its end at the hub's shutdown; start starts its
+// pumps. Called with s.mu held, when st is paired: from then on st.halt
+// ends the relay.
+func (s *Server) newRelay(st *stream) *relayRun {
+	r := &relayRun{s: s, st: st, late: make(chan end, 1), holds: 2} // the pumps'
+	// A callback that comes at once waits in hold until r is complete.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.act.idle = s.watchIdleFunc(func() { r.fire(end{from: -1, err: errIdle}) })
+	r.keepalive = time.AfterFunc(s.cfg.KeepAliveInterval, r.check)
+	r.stopShutdown = context.AfterFunc(s.ctx, func() { r.fire(shutdownEnd) })
+	return r
+}
+
+// start starts the relay's two pumps. The relay ends the stream when they
+// are done (see relayRun).
+func (r *relayRun) start() {
+	go r.pump(sideService)
+	go r.pump(sideDevice)
+}
+
+// pump copies messages from side from to the other until either fails,
+// then ends the relay.
+func (r *relayRun) pump(from side) {
+	defer r.release()
+	st := r.st
+	to := 1 - from
+	n := &st.bytesUp // service → device
+	if from == sideDevice {
+		n = &st.bytesDown
+	}
+	// The relay's context is never canceled: cancelling a context under
+	// coder/websocket closes the connection with a generic code, and the
+	// hub wants to say why. The relay's end closes both sides explicitly.
+	e := pump(context.Background(), st.conns[from], st.conns[to], st.batches[to], from, n, &r.act)
+	r.end(e, true)
+}
+
+// hold counts one more goroutine working for the relay, unless the relay
+// is ending or over; then it reports false and the caller does nothing.
+func (r *relayRun) hold() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ending || r.holds == 0 {
+		return false
+	}
+	r.holds++
+	return true
+}
+
+// release ends a hold. The last one ends the stream: it forgets it,
+// records its event and lets the hub's shutdown go on.
+func (r *relayRun) release() {
+	r.mu.Lock()
+	r.holds--
+	last := r.holds == 0
+	result, reason := r.result, r.reason
+	r.mu.Unlock()
+	if !last {
+		return
+	}
+	s, st := r.s, r.st
+	s.mu.Lock()
+	s.endLocked(st)
+	s.mu.Unlock()
+	s.streamEnded(st, result, reason)
+	s.conns.Done()
+}
+
+// fire ends the relay with e from outside its pumps, on a goroutine that
+// holds the relay; it does nothing when the relay is already ending. It
+// does not block, and it may be called with s.mu held.
+func (r *relayRun) fire(e end) {
+	if !r.hold() {
+		return
+	}
+	go func() {
+		defer r.release()
+		r.end(e, false)
+	}()
+}
+
+// check runs the liveness check (checkLive) once, from the keepalive
+// timer, and arms the timer for the next one unless the check ended the
+// relay.
+func (r *relayRun) check() {
+	if !r.hold() {
+		return
+	}
+	defer r.release()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.mu.Lock()
+	if r.ending {
+		r.mu.Unlock()
+		return
+	}
+	r.cancelCheck = cancel // the end cuts the check short
+	r.mu.Unlock()
+	e, dead := r.s.checkLive(ctx, r.st.conns, &r.act, &r.lv)
+	r.mu.Lock()
+	r.cancelCheck = nil
+	if !dead && !r.ending {
+		r.keepalive.Reset(r.s.cfg.KeepAliveInterval)
+	}
+	r.mu.Unlock()
+	if dead {
+		r.end(e, false)
+	}
+}
+
+// end ends the relay with e, unless another end was chosen first: it
+// stops the relay's timers, closes both sides with the close code e calls
+// for, and returns once both are closed. pumped says e is a pump's: one
+// that comes after the chosen end is left for whyClosed.
+func (r *relayRun) end(e end, pumped bool) {
+	r.mu.Lock()
+	if r.ending {
+		r.mu.Unlock()
+		if pumped {
+			select {
+			case r.late <- e:
+			default:
 			}
 		}
+		return
 	}
-	stopCheck()
-	code, why := closeFor(first)
+	r.ending = true
+	r.keepalive.Stop()
+	if r.cancelCheck != nil {
+		r.cancelCheck()
+	}
+	r.stopShutdown()
+	r.act.idle.stop()
+	r.mu.Unlock()
+
+	if pumped && errors.Is(e.err, net.ErrClosed) {
+		// A write found a side's connection closed under it: the
+		// library closes it once that side's close frame has been
+		// read, and the other pump, its reader, is about to report the
+		// close frame, which says how it ended.
+		e = whyClosed(e, r.late)
+	}
+	code, why := closeFor(e)
 	// End both sides. Close sends the close frame at once; the wait for
 	// the peer's answer runs concurrently so neither side holds up the other.
 	var cw sync.WaitGroup
-	for sd, c := range []*websocket.Conn{svc, dev} {
+	for sd, c := range r.st.conns {
 		cw.Add(1)
 		go func() {
 			defer cw.Done()
-			if first.dead && side(sd) == first.from {
+			if e.dead && side(sd) == e.from {
 				c.CloseNow() // it would not answer the close frame
 				return
 			}
@@ -137,14 +237,50 @@ wait:
 		}()
 	}
 	cw.Wait()
-	wg.Wait()
 
-	switch {
-	case first.err == errIdle:
-		return "idle", fmt.Sprintf("idle timeout: no message in either direction for %s", s.cfg.IdleStreamTimeout)
-	default:
-		return outcome(first, why)
+	result, reason := outcome(e, why)
+	if e.err == errIdle {
+		result, reason = "idle", fmt.Sprintf("idle timeout: no message in either direction for %s", r.s.cfg.IdleStreamTimeout)
 	}
+	r.mu.Lock()
+	r.result, r.reason = result, reason
+	r.mu.Unlock()
+}
+
+// halt ends a relayed stream from outside its relay with e (faults.go):
+// a per-stream relay through fire, a session stream through its stop
+// channel. It does not block; called with s.mu held.
+func (st *stream) halt(e end) {
+	if st.relay != nil {
+		st.relay.fire(e)
+		return
+	}
+	select {
+	case st.stop <- e:
+	default: // already being ended
+	}
+}
+
+// watchIdleFunc is watchIdle for a relay without a goroutine to wait on
+// the watch: f is called on a timer's goroutine once the stream has been
+// idle for the timeout (rarely twice, when a re-armed check overlaps the
+// one before it: f must be idempotent).
+func (s *Server) watchIdleFunc(f func()) *idleWatch {
+	if s.cfg.IdleStreamTimeout <= 0 {
+		return nil
+	}
+	w := &idleWatch{timeout: s.cfg.IdleStreamTimeout, start: time.Now(), fired: make(chan struct{})}
+	w.mu.Lock()
+	w.timer = time.AfterFunc(w.timeout, func() {
+		w.check()
+		select {
+		case <-w.fired:
+			f()
+		default: // re-armed, or stopped
+		}
+	})
+	w.mu.Unlock()
+	return w
 }
 
 // whyClosed returns the other pump's end instead of first when it arrives

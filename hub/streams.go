@@ -68,8 +68,9 @@ type stream struct {
 	// ended is closed when the stream is over: relayed and closed, expired
 	// unpaired, or dropped. A waiting first side returns then.
 	ended chan struct{}
-	// stop ends a relayed stream from outside the relay (faults.go);
-	// buffered, sent to without blocking.
+	// stop ends a session stream's relay from outside it (halt);
+	// buffered, sent to without blocking. Nil for a stream over two
+	// WebSockets: its relay is ended through relay.
 	stop chan end
 
 	// A session stream (the fast path): carried over the service's session
@@ -85,6 +86,7 @@ type stream struct {
 	used     [2]bool
 	conns    [2]*websocket.Conn
 	batches  [2]*batch.Conn // under conns, when served by Run (relay.go)
+	relay    *relayRun      // once both sides are connected (relay.go)
 	timer    *time.Timer
 	closed   bool
 }
@@ -101,11 +103,12 @@ func (s *Server) newStream(in initiation) *stream {
 		created:  now,
 		deadline: now.Add(s.cfg.HandshakeTimeout),
 		ended:    make(chan struct{}),
-		stop:     make(chan end, 1),
 		inline:   in.inline,
 		svc:      in.svc,
 	}
-	if !in.inline {
+	if in.inline {
+		st.stop = make(chan end, 1)
+	} else {
 		st.tokens = [2]string{randomID(32), randomID(32)}
 	}
 	st.log = streamLog{&s.log, st}
@@ -553,6 +556,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		s.metrics.paired(st.created)
 		delete(s.streams, st.id)
 		s.relays[st] = struct{}{}
+		st.relay = s.newRelay(st)
 	}
 	s.mu.Unlock()
 	st.log.Debug().Str("side", sd.String()).Bool("paired", paired).Msg("stream side connected")
@@ -565,15 +569,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		s.conns.Done()
 		return
 	}
-	// The relay outlives the request on a goroutine of its own, so that
-	// net/http's per-connection state (buffers, request) goes now (issue 6:
-	// a stream's memory). It keeps the connection counted.
-	go func() {
-		defer s.conns.Done()
-		result, reason := s.relay(st, st.conns[sideService], st.conns[sideDevice])
-		s.mu.Lock()
-		s.endLocked(st)
-		s.mu.Unlock()
-		s.streamEnded(st, result, reason)
-	}()
+	// The relay outlives the request on two goroutines of its own (its
+	// pumps) and none besides, so that net/http's per-connection state
+	// (buffers, request) goes now (issue 6: a stream's memory). It keeps
+	// the connection counted until it has ended the stream.
+	st.relay.start()
 }
