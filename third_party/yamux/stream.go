@@ -322,7 +322,12 @@ START:
 
 	// Send the header
 	s.sendHdr.encode(typeData, flags, s.id, max)
-	if err = s.session.waitForSendErr(s.sendHdr, body, s.sendErr); err != nil {
+	if sent, werr := s.session.sendInPlace(s.sendHdr, body); sent {
+		// dsproxy fork: written in place (Config.WriteInPlace).
+		if werr != nil {
+			return 0, werr
+		}
+	} else if err = s.session.waitForSendErr(s.sendHdr, body, s.sendErr); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
 			// Message left in ready queue, header re-use is unsafe.
 			s.sendHdr = header(make([]byte, headerSize))
