@@ -380,13 +380,16 @@ func TestRecvClass(t *testing.T) {
 }
 
 // BenchmarkStreamCopy moves 256 KiB frames through a session over a pipe
-// and out to io.Discard, by Read (a copy per frame) or by WriteTo (none).
+// and out to io.Discard, by Read (a copy per frame) or by WriteTo (none),
+// the sender handing each frame to the send loop or, with WriteInPlace,
+// writing it itself.
 func BenchmarkStreamCopy(b *testing.B) {
-	for _, mode := range []string{"Read", "WriteTo"} {
+	for _, mode := range []string{"Read", "WriteTo", "WriteTo+InPlace"} {
 		b.Run(mode, func(b *testing.B) {
 			clientConn, serverConn := testConnPipe(b)
 			conf := testConfNoKeepAlive()
 			conf.MaxStreamWindowSize = 4 << 20
+			conf.WriteInPlace = mode == "WriteTo+InPlace"
 			client, server := testClientServerConfig(b, clientConn, serverConn, conf, conf)
 			st, err := client.OpenStream()
 			if err != nil {
