@@ -439,7 +439,7 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 	}()
 
 	ready := &sendReady{Hdr: hdr, Body: body, Err: errCh}
-	s.queued.Add(1)
+	s.queued.Add(1) // dsproxy fork: Config.WriteInPlace
 	select {
 	case s.sendCh <- ready:
 	case <-s.shutdownCh:
@@ -498,7 +498,7 @@ func (s *Session) sendNoWait(hdr header) error {
 		timerPool.Put(t)
 	}()
 
-	s.queued.Add(1)
+	s.queued.Add(1) // dsproxy fork: Config.WriteInPlace
 	select {
 	case s.sendCh <- &sendReady{Hdr: hdr}:
 		return nil
@@ -556,6 +556,7 @@ func (s *Session) sendLoop() error {
 	for {
 		select {
 		case ready := <-s.sendCh:
+			// dsproxy fork: writeLock and queued (Config.WriteInPlace).
 			s.writeLock.Lock()
 			// Send a header if ready
 			if ready.Hdr != nil {
