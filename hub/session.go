@@ -486,6 +486,25 @@ func (sp *splice) pump(from side) end {
 	src := sp.conns[from]
 	var h [wire.FrameHeaderSize]byte
 	for {
+		// A data frame that arrived in one piece, as a rule, goes on
+		// from the buffer yamux received it in, without a copy; it
+		// stays counted against from's window until it is sent.
+		p, err := src.Next()
+		if err != nil {
+			return end{from: from, err: unframed(err)}
+		}
+		if frame := wholeData(p, sp.limit[to]); frame != nil {
+			err := sp.send(to, frame)
+			cerr := src.Consume(len(frame))
+			if err != nil {
+				return end{from: to, err: unframed(err)}
+			}
+			if cerr != nil {
+				return end{from: from, err: unframed(cerr)}
+			}
+			sp.moved(from, len(frame)-wire.FrameHeaderSize)
+			continue
+		}
 		if _, err := io.ReadFull(src, h[:]); err != nil {
 			return end{from: from, err: unframed(err)}
 		}
@@ -522,12 +541,34 @@ func (sp *splice) pump(from side) end {
 		if err != nil {
 			return end{from: to, err: unframed(err)}
 		}
-		sp.idle.touch()
-		if typ == wire.FrameData && from == sideService {
-			sp.st.bytesUp.Add(int64(n))
-		} else if typ == wire.FrameData {
-			sp.st.bytesDown.Add(int64(n))
+		if typ == wire.FrameData {
+			sp.moved(from, n)
+		} else {
+			sp.idle.touch()
 		}
+	}
+}
+
+// wholeData returns the data frame at the start of p when all of it is
+// there and its payload is at most limit; nil otherwise.
+func wholeData(p []byte, limit int) []byte {
+	if len(p) < wire.FrameHeaderSize {
+		return nil
+	}
+	typ, n, err := wire.ParseFrameHeader(p[:wire.FrameHeaderSize])
+	if err != nil || typ != wire.FrameData || n > limit || len(p) < wire.FrameHeaderSize+n {
+		return nil
+	}
+	return p[:wire.FrameHeaderSize+n]
+}
+
+// moved counts a data frame of n payload bytes relayed from side from.
+func (sp *splice) moved(from side, n int) {
+	sp.idle.touch()
+	if from == sideService {
+		sp.st.bytesUp.Add(int64(n))
+	} else {
+		sp.st.bytesDown.Add(int64(n))
 	}
 }
 

@@ -178,9 +178,9 @@ func (c *sessionConn) nextFrame() error {
 // close, which end it with a nil error, or until a failure, reported as
 // Read reports it. Each data frame (up to wire.MaxFramePayload) reaches w
 // in one Write: io.Copy through Read would split it in 32 KiB writes, a
-// system call each on a TCP connection. A buffer is held only while a frame is
-// copied, so a stream that waits for data costs none. It is a Read: it
-// must not run concurrently with Read.
+// system call each on a TCP connection. The payload goes to w straight
+// from the buffer yamux received it in (yamux.Stream.Next), without a
+// copy. It is a Read: it must not run concurrently with Read.
 func (c *sessionConn) WriteTo(w io.Writer) (int64, error) {
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
@@ -206,25 +206,30 @@ func (c *sessionConn) WriteTo(w io.Writer) (int64, error) {
 				continue // an empty data frame
 			}
 		}
-		bp := wire.FrameBuffer()
-		buf := (*bp)[:c.left]
-		n, err := io.ReadFull(c.stream(), buf)
-		c.left -= n
-		if n > 0 {
-			m, werr := w.Write(buf[:n])
-			total += int64(m)
-			if werr == nil && m < n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				wire.PutFrameBuffer(bp)
-				return total, werr
-			}
-		}
-		wire.PutFrameBuffer(bp)
+		// The payload as yamux received it, without a copy: one Write
+		// per received piece of it (a whole frame, as a rule).
+		st := c.stream()
+		p, err := st.Next()
 		if err != nil {
 			if err = c.fail(err); c.readErr == nil {
 				return total, err // a deadline
+			}
+			continue
+		}
+		p = p[:min(len(p), c.left)]
+		m, werr := w.Write(p)
+		total += int64(m)
+		c.left -= m
+		cerr := st.Consume(m)
+		if werr == nil && m < len(p) {
+			werr = io.ErrShortWrite
+		}
+		if werr != nil {
+			return total, werr
+		}
+		if cerr != nil {
+			if err = c.fail(cerr); c.readErr == nil {
+				return total, err
 			}
 		}
 	}

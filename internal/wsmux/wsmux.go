@@ -44,6 +44,14 @@ const frameTimeout = time.Minute
 // A session reads its [Conn] through a small buffer (readBuffer) instead of
 // yamux's 4 KiB: the WebSocket under it buffers already, and the hub keeps
 // one per connected device (issue 6).
+//
+// A stream's data frame is written in place by the writing goroutine when
+// the session has nothing queued (yamux.Config.WriteInPlace), instead of
+// going through yamux's send loop and back: each hand-off between
+// goroutines was a thread wake-up, and a bulk session stream moves
+// thousands of frames a second through the proxies and the hub (issue 7).
+// A frame written in place is bounded by the connection's context and
+// [Keepalive], not by frameTimeout.
 func Config(logger yamux.Logger) *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.ReadBufferSize = readBuffer
@@ -51,6 +59,7 @@ func Config(logger yamux.Logger) *yamux.Config {
 	cfg.ConnectionWriteTimeout = frameTimeout
 	cfg.StreamOpenTimeout = frameTimeout
 	cfg.MaxStreamWindowSize = WindowSize
+	cfg.WriteInPlace = true
 	cfg.LogOutput = nil
 	cfg.Logger = logger
 	if logger == nil {
@@ -198,8 +207,9 @@ func isClosed(ch chan struct{}) bool {
 
 // conn joins each data frame's header to its body, and sends messages
 // from a goroutine of its own so that frames queued meanwhile go out
-// together. yamux writes from one goroutine (its send loop), so a header is
-// always followed by its body; wmu only keeps a misuse from corrupting the
+// together. yamux writes one frame at a time (its send loop, or a stream
+// writing in place, under the session's write lock), so a header is always
+// followed by its body; wmu only keeps a misuse from corrupting the
 // stream.
 //
 // Why the queue: yamux's send loop writes one frame at a time and waits
@@ -210,8 +220,9 @@ func isClosed(ch chan struct{}) bool {
 // and one flusher writes whatever has queued in one hold of the batcher:
 // one TLS write and one system call for all of them. A large data frame
 // that finds nothing queued (one stream's bulk transfer) is the exception:
-// the send loop writes it in place (sendDirect), which saves copying up to
-// 256 KiB into the queue and a hand-off to the flusher per frame.
+// its writer (the send loop, or the stream writing in place) sends it at
+// once (sendDirect), which saves copying up to 256 KiB into the queue and
+// a hand-off to the flusher per frame.
 type conn struct {
 	net.Conn
 	ws    *websocket.Conn
@@ -348,10 +359,11 @@ func (c *conn) enqueue(a, b []byte) error {
 const directMin = 16 << 10
 
 // sendDirect sends a data frame, header hdr and body body, as one message
-// from the calling goroutine (yamux's send loop), without copying it into
-// the queue, when nothing is queued or being flushed; otherwise it sends
-// nothing and reports sent false, and the frame must be queued. Frames
-// queued while it sends go out after it, by a flusher it starts. So one
+// from the calling goroutine (yamux's send loop, or a stream writing in
+// place), without copying it into the queue, when nothing is queued or
+// being flushed; otherwise it sends nothing and reports sent false, and
+// the frame must be queued. Frames queued while it sends go out after it,
+// by a flusher it starts. So one
 // stream's bulk transfer costs neither the copy nor a hand-off per frame,
 // while a busy session (many streams, a flusher at work) keeps queueing:
 // its send loop goes on while the flusher writes, and frames share

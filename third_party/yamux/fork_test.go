@@ -1,6 +1,7 @@
 package yamux
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -185,4 +186,347 @@ func TestBodyWrittenInPlace(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the reader did not finish")
 	}
+}
+
+// TestNextConsume: Next hands out each received frame's body as it
+// arrived, Consume takes it (in parts too), Read and Next mix, and the
+// stream ends with io.EOF once everything was taken.
+func TestNextConsume(t *testing.T) {
+	clientConn, serverConn := testConnPipe(t)
+	conf := testConfNoKeepAlive()
+	conf.MaxStreamWindowSize = 4 << 20 // every frame fits: none is split
+	client, server := testClientServerConfig(t, clientConn, serverConn, conf, conf)
+	sizes := []int{1, 100, 511, 512, 4 << 10, 64<<10 + 5, 200 << 10}
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	go func() {
+		for i, n := range sizes {
+			b := make([]byte, n)
+			for j := range b {
+				b[j] = byte(i)
+			}
+			if _, err := st.Write(b); err != nil {
+				return
+			}
+		}
+		st.Close()
+	}()
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	defer peer.Close()
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for i, n := range sizes {
+		got := 0
+		for got < n {
+			p, err := peer.Next()
+			if err != nil {
+				t.Fatalf("frame %d: next: %v", i, err)
+			}
+			if got == 0 && len(p) < n {
+				// The whole frame, unless a part was read already.
+				t.Fatalf("frame %d: next returned %d bytes, want %d", i, len(p), n)
+			}
+			p = p[:minInt(len(p), n-got)]
+			for j, c := range p {
+				if c != byte(i) {
+					t.Fatalf("frame %d byte %d: %d", i, got+j, c)
+				}
+			}
+			if i%2 == 1 && len(p) > 1 {
+				// Take half, then read the rest through Read.
+				half := len(p) / 2
+				if err := peer.Consume(half); err != nil {
+					t.Fatalf("consume: %v", err)
+				}
+				rest := make([]byte, len(p)-half)
+				if _, err := io.ReadFull(peer, rest); err != nil {
+					t.Fatalf("read: %v", err)
+				}
+				got += len(p)
+				continue
+			}
+			if err := peer.Consume(len(p)); err != nil {
+				t.Fatalf("consume: %v", err)
+			}
+			got += len(p)
+		}
+	}
+	if p, err := peer.Next(); err != io.EOF {
+		t.Fatalf("next after the last frame: %d bytes, %v; want io.EOF", len(p), err)
+	}
+}
+
+// TestNextHoldsWindow: bytes Next returned stay counted against the
+// receive window until they are consumed, so a reader that holds them
+// (a stalled destination) holds the sender at exactly the window.
+func TestNextHoldsWindow(t *testing.T) {
+	clientConn, serverConn := testConnPipe(t)
+	conf := testConfNoKeepAlive()
+	conf.ConnectionWriteTimeout = 10 * time.Second
+	client, server := testClientServerConfig(t, clientConn, serverConn, conf, conf)
+	window := int(conf.MaxStreamWindowSize)
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer st.Close()
+	written := make(chan int, 1)
+	go func() {
+		n, _ := st.Write(make([]byte, 2*window))
+		written <- n
+	}()
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	defer peer.Close()
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p, err := peer.Next()
+	if err != nil {
+		t.Fatalf("next: %v", err)
+	}
+	if len(p) != window {
+		t.Fatalf("next: %d bytes, want the whole window, %d", len(p), window)
+	}
+	// Held, not consumed: the sender gets no more window.
+	select {
+	case n := <-written:
+		t.Fatalf("the writer finished (%d bytes) past a full window", n)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if q, err := peer.Next(); err != nil || &q[0] != &p[0] {
+		t.Fatalf("next again: %v, or other bytes", err)
+	}
+	if err := peer.Consume(len(p)); err != nil {
+		t.Fatalf("consume: %v", err)
+	}
+	if _, err := io.ReadFull(peer, make([]byte, window)); err != nil {
+		t.Fatalf("read the rest: %v", err)
+	}
+	select {
+	case n := <-written:
+		if n != 2*window {
+			t.Fatalf("wrote %d, want %d", n, 2*window)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer did not finish once the window was read")
+	}
+}
+
+// TestWriteTo: io.Copy from a stream goes through WriteTo, which ends at
+// the peer's close with nil and moves every byte.
+func TestWriteTo(t *testing.T) {
+	clientConn, serverConn := testConnPipe(t)
+	client, server := testClientServerConfig(t, clientConn, serverConn, testConfNoKeepAlive(), testConfNoKeepAlive())
+	data := make([]byte, 3<<20+7)
+	for i := range data {
+		data[i] = byte(i % 251)
+	}
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	go func() {
+		for p := data; len(p) > 0; {
+			k := minInt(len(p), 100<<10)
+			if _, err := st.Write(p[:k]); err != nil {
+				return
+			}
+			p = p[k:]
+		}
+		st.Close()
+	}()
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	defer peer.Close()
+	var got bytes.Buffer
+	n, err := peer.WriteTo(&got)
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("WriteTo: %d, %v; want %d, nil", n, err, len(data))
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatal("WriteTo: other bytes than were sent")
+	}
+}
+
+// TestRecvClass: a pooled receive buffer is at least the body's size and
+// less than twice it, and a power of two behind a small header takes
+// little more than its size.
+func TestRecvClass(t *testing.T) {
+	for n := 1; n <= 1<<maxPooledLog+1; n += 1 + n/7 {
+		class, size := recvClass(n)
+		if class < 0 {
+			if n >= 1<<minPooledLog && n <= 1<<maxPooledLog {
+				t.Fatalf("%d not pooled", n)
+			}
+			continue
+		}
+		if size < n || size >= 2*n {
+			t.Fatalf("recvClass(%d) = %d bytes", n, size)
+		}
+		if c2, s2 := recvClass(size); c2 != class || s2 != size {
+			t.Fatalf("a buffer of %d bytes (for %d) goes back to class %d, not %d", size, n, c2, class)
+		}
+	}
+	if _, size := recvClass(256<<10 + 5); size != 256<<10+recvSlack {
+		t.Fatalf("256 KiB + 5: %d bytes", size)
+	}
+}
+
+// BenchmarkStreamCopy moves 256 KiB frames through a session over a pipe
+// and out to io.Discard, by Read (a copy per frame) or by WriteTo (none),
+// the sender handing each frame to the send loop or, with WriteInPlace,
+// writing it itself.
+func BenchmarkStreamCopy(b *testing.B) {
+	for _, mode := range []string{"Read", "WriteTo", "WriteTo+InPlace"} {
+		b.Run(mode, func(b *testing.B) {
+			clientConn, serverConn := testConnPipe(b)
+			conf := testConfNoKeepAlive()
+			conf.MaxStreamWindowSize = 4 << 20
+			conf.WriteInPlace = mode == "WriteTo+InPlace"
+			client, server := testClientServerConfig(b, clientConn, serverConn, conf, conf)
+			st, err := client.OpenStream()
+			if err != nil {
+				b.Fatal(err)
+			}
+			buf := make([]byte, 256<<10)
+			b.SetBytes(int64(len(buf)))
+			go func() {
+				for i := 0; i < b.N; i++ {
+					if _, err := st.Write(buf); err != nil {
+						return
+					}
+				}
+				st.Close()
+			}()
+			peer, err := server.AcceptStream()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer peer.Close()
+			if mode == "Read" {
+				_, err = io.Copy(io.Discard, struct{ io.Reader }{peer})
+			} else {
+				_, err = peer.WriteTo(io.Discard)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+func minInt(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+// TestWriteInPlace: with WriteInPlace on both ends, streams written at
+// once from many goroutines, while pings and window updates go through
+// the send loop, arrive whole and in order, echoed back through WriteTo.
+func TestWriteInPlace(t *testing.T) {
+	conf := testConfNoKeepAlive()
+	conf.WriteInPlace = true
+	conf.ConnectionWriteTimeout = 10 * time.Second
+	for _, transport := range []struct {
+		name string
+		pair func(testing.TB) (io.ReadWriteCloser, io.ReadWriteCloser)
+	}{{"pipe", testConnPipe}, {"tcp", testConnTCP}} {
+		t.Run(transport.name, func(t *testing.T) {
+			clientConn, serverConn := transport.pair(t)
+			client, server := testClientServerConfig(t, clientConn, serverConn, conf, conf)
+			const streams, size = 6, 3<<20 + 11
+			go func() {
+				for {
+					st, err := server.AcceptStream()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer st.Close()
+						_, _ = st.WriteTo(st) // echo
+					}()
+				}
+			}()
+			errs := make(chan error, streams+1)
+			stop := make(chan struct{})
+			go func() { // control frames through the send loop meanwhile
+				for {
+					select {
+					case <-stop:
+						errs <- nil
+						return
+					default:
+					}
+					if _, err := client.Ping(); err != nil {
+						errs <- fmt.Errorf("ping: %w", err)
+						return
+					}
+				}
+			}()
+			for i := 0; i < streams; i++ {
+				go func(i int) {
+					errs <- echoOnce(client, i, size)
+				}(i)
+			}
+			for i := 0; i < streams; i++ {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			close(stop)
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+			if n := client.queued.Load(); n != 0 {
+				t.Fatalf("%d frames still counted as queued", n)
+			}
+		})
+	}
+}
+
+// echoOnce sends size bytes on a new stream of s in writes of varied
+// sizes and checks that the same bytes come back.
+func echoOnce(s *Session, id, size int) error {
+	st, err := s.OpenStream()
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	data := make([]byte, size)
+	for j := range data {
+		data[j] = byte(id*31 + j*7)
+	}
+	werr := make(chan error, 1)
+	go func() {
+		for p, k := data, 1; len(p) > 0; k = k*3 + 1 {
+			n := minInt(len(p), k%(300<<10)+1)
+			if _, err := st.Write(p[:n]); err != nil {
+				werr <- err
+				return
+			}
+			p = p[n:]
+		}
+		werr <- nil
+	}()
+	_ = st.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got := make([]byte, size)
+	if _, err := io.ReadFull(st, got); err != nil {
+		return fmt.Errorf("stream %d: read: %w", id, err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("stream %d: write: %w", id, err)
+	}
+	if !bytes.Equal(got, data) {
+		return fmt.Errorf("stream %d: other bytes came back", id)
+	}
+	return nil
 }

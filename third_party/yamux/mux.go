@@ -79,6 +79,19 @@ type Config struct {
 	// spares a goroutine parked on CloseChan. (dsproxy fork: see
 	// third_party/README.md.)
 	OnClose func(err error)
+
+	// WriteInPlace, when true, lets a stream's Write send its data frame
+	// on the connection itself, from the calling goroutine, when nothing
+	// waits to be sent, instead of handing it to the session's send loop
+	// and waiting for the loop to report back: two goroutine hand-offs
+	// fewer per data frame. Writes to the connection are serialized
+	// either way, and a frame never overtakes one queued before it; a
+	// frame queued at the same time by another goroutine may go out
+	// before or after it. ConnectionWriteTimeout does not bound a frame
+	// written in place: the connection's own deadlines or closing it do.
+	// False keeps upstream's behaviour. (dsproxy fork: see
+	// third_party/README.md.)
+	WriteInPlace bool
 }
 
 func (c *Config) Clone() *Config {

@@ -62,6 +62,15 @@ type Session struct {
 	// acceptCh is used to pass ready streams to the client
 	acceptCh chan *Stream
 
+	// writeLock is held while a frame is written on conn, by the send
+	// loop or by a stream writing in place (dsproxy fork:
+	// Config.WriteInPlace).
+	writeLock sync.Mutex
+	// queued counts the frames handed to the send loop and not yet
+	// written: a stream writes in place only when there are none, so
+	// that its frame overtakes none of them.
+	queued atomic.Int64
+
 	// sendCh is used to mark a stream as ready to send,
 	// or to send a header out directly.
 	sendCh chan *sendReady
@@ -430,11 +439,14 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 	}()
 
 	ready := &sendReady{Hdr: hdr, Body: body, Err: errCh}
+	s.queued.Add(1) // dsproxy fork: Config.WriteInPlace
 	select {
 	case s.sendCh <- ready:
 	case <-s.shutdownCh:
+		s.queued.Add(-1)
 		return ErrSessionShutdown
 	case <-timer.C:
+		s.queued.Add(-1)
 		return ErrConnectionWriteTimeout
 	}
 
@@ -486,14 +498,50 @@ func (s *Session) sendNoWait(hdr header) error {
 		timerPool.Put(t)
 	}()
 
+	s.queued.Add(1) // dsproxy fork: Config.WriteInPlace
 	select {
 	case s.sendCh <- &sendReady{Hdr: hdr}:
 		return nil
 	case <-s.shutdownCh:
+		s.queued.Add(-1)
 		return ErrSessionShutdown
 	case <-timer.C:
+		s.queued.Add(-1)
 		return ErrConnectionWriteTimeout
 	}
+}
+
+// sendInPlace writes a frame, hdr and body, on the connection from the
+// calling goroutine when Config.WriteInPlace is set, the connection is
+// free and nothing is queued for the send loop; otherwise it writes
+// nothing and reports sent false, and the frame must go through the send
+// loop. A failed write ends the session, as in the send loop. (dsproxy
+// fork: see third_party/README.md.)
+func (s *Session) sendInPlace(hdr header, body []byte) (sent bool, err error) {
+	if !s.config.WriteInPlace || !s.writeLock.TryLock() {
+		return false, nil
+	}
+	if s.queued.Load() > 0 {
+		s.writeLock.Unlock()
+		return false, nil
+	}
+	select {
+	case <-s.shutdownCh:
+		s.writeLock.Unlock()
+		return true, ErrSessionShutdown
+	default:
+	}
+	_, err = s.conn.Write(hdr)
+	if err == nil && len(body) > 0 {
+		_, err = s.conn.Write(body)
+	}
+	s.writeLock.Unlock()
+	if err != nil {
+		s.logger.Printf("[ERR] yamux: Failed to write frame: %v", err)
+		s.exitErr(err)
+		return true, err
+	}
+	return true, nil
 }
 
 // send is a long running goroutine that sends data
@@ -508,10 +556,14 @@ func (s *Session) sendLoop() error {
 	for {
 		select {
 		case ready := <-s.sendCh:
+			// dsproxy fork: writeLock and queued (Config.WriteInPlace).
+			s.writeLock.Lock()
 			// Send a header if ready
 			if ready.Hdr != nil {
 				_, err := s.conn.Write(ready.Hdr)
 				if err != nil {
+					s.queued.Add(-1)
+					s.writeLock.Unlock()
 					s.logger.Printf("[ERR] yamux: Failed to write header: %v", err)
 					asyncSendErr(ready.Err, err)
 					return err
@@ -532,6 +584,8 @@ func (s *Session) sendLoop() error {
 				ready.Body = nil
 			}
 			ready.mu.Unlock()
+			s.queued.Add(-1)
+			s.writeLock.Unlock()
 			if err != nil {
 				s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
 				asyncSendErr(ready.Err, err)

@@ -1,7 +1,6 @@
 package yamux
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"sync"
@@ -34,8 +33,20 @@ type Stream struct {
 	state     streamState
 	stateLock sync.Mutex
 
-	recvBuf  *bytes.Buffer
+	// dsproxy fork: received data is kept as the data frames' bodies,
+	// each read into a pooled buffer of its own (recvbuf.go), instead of
+	// being copied into one growing bytes.Buffer: Next and Consume (and
+	// WriteTo) hand the bytes on without a copy. recvQ[recvHead:] are the
+	// frames not yet read in full; recvLen counts their unread bytes.
+	recvQ    []recvChunk
+	recvHead int
+	recvLen  int
 	recvLock sync.Mutex
+	// bodyLock is held while a data frame's body is read from the
+	// connection, outside recvLock, so that reads of what arrived before
+	// go on meanwhile; a window update (and the ACK of an accepted
+	// stream) still waits for the body, as upstream's did for recvLock.
+	bodyLock sync.Mutex
 
 	controlHdr     header
 	controlErr     chan error
@@ -94,6 +105,90 @@ func (s *Stream) StreamID() uint32 {
 // Read is used to read from the stream
 func (s *Stream) Read(b []byte) (n int, err error) {
 	defer asyncNotify(s.recvNotifyCh)
+	if err := s.waitRecv(); err != nil {
+		return 0, err
+	}
+
+	// Read any bytes
+	s.recvLock.Lock()
+	n = s.consumeLocked(b, len(b))
+	s.recvLock.Unlock()
+
+	// Send a window update potentially
+	err = s.sendWindowUpdate()
+	if err == ErrSessionShutdown {
+		err = nil
+	}
+	return n, err
+}
+
+// Next waits, as Read does, until received data is buffered, and returns
+// the unread part of the oldest data frame received, without copying it;
+// it fails as Read does (io.EOF once the peer closed and everything was
+// read). The bytes are still counted against the receive window: the
+// caller hands them on and then calls Consume with how many it used, at
+// most len(p), before it calls Read, Next or WriteTo again; p must not be
+// used after Consume. Like Read, it must not run concurrently with
+// another read of the stream. (dsproxy fork: see third_party/README.md.)
+func (s *Stream) Next() (p []byte, err error) {
+	defer asyncNotify(s.recvNotifyCh)
+	if err := s.waitRecv(); err != nil {
+		return nil, err
+	}
+	s.recvLock.Lock()
+	defer s.recvLock.Unlock()
+	c := s.recvQ[s.recvHead]
+	return c.b[c.off:], nil
+}
+
+// Consume marks the first n bytes of what Next returned as read: they
+// leave the receive buffer (a frame's buffer goes back to the pool once
+// all of it is read) and the peer's window is updated as after a Read.
+// (dsproxy fork: see third_party/README.md.)
+func (s *Stream) Consume(n int) error {
+	s.recvLock.Lock()
+	s.consumeLocked(nil, n)
+	s.recvLock.Unlock()
+	err := s.sendWindowUpdate()
+	if err == ErrSessionShutdown {
+		err = nil
+	}
+	return err
+}
+
+// WriteTo writes the stream's data to w until the peer closes the stream,
+// which ends it with a nil error, or a read or write fails. Each received
+// data frame's body reaches w as it arrived, in one Write and without a
+// copy (see Next). It must not run concurrently with another read of the
+// stream. (dsproxy fork: see third_party/README.md.)
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		p, err := s.Next()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		n, werr := w.Write(p)
+		total += int64(n)
+		cerr := s.Consume(n)
+		switch {
+		case werr != nil:
+			return total, werr
+		case n < len(p):
+			return total, io.ErrShortWrite
+		case cerr != nil:
+			return total, cerr
+		}
+	}
+}
+
+// waitRecv waits until received data is buffered (nil), or the stream
+// has ended with nothing left to read (io.EOF), was reset, or the read
+// deadline passed.
+func (s *Stream) waitRecv() error {
 START:
 
 	// If the stream is closed and there's no data buffered, return EOF
@@ -105,37 +200,26 @@ START:
 		fallthrough
 	case streamClosed:
 		s.recvLock.Lock()
-		if s.recvBuf == nil || s.recvBuf.Len() == 0 {
+		if s.recvLen == 0 {
 			s.recvLock.Unlock()
 			s.stateLock.Unlock()
-			return 0, io.EOF
+			return io.EOF
 		}
 		s.recvLock.Unlock()
 	case streamReset:
 		s.stateLock.Unlock()
-		return 0, ErrConnectionReset
+		return ErrConnectionReset
 	}
 	s.stateLock.Unlock()
 
 	// If there is no data available, block
 	s.recvLock.Lock()
-	if s.recvBuf == nil || s.recvBuf.Len() == 0 {
+	if s.recvLen > 0 {
 		s.recvLock.Unlock()
-		goto WAIT
+		return nil
 	}
-
-	// Read any bytes
-	n, _ = s.recvBuf.Read(b)
 	s.recvLock.Unlock()
 
-	// Send a window update potentially
-	err = s.sendWindowUpdate()
-	if err == ErrSessionShutdown {
-		err = nil
-	}
-	return n, err
-
-WAIT:
 	var timeout <-chan time.Time
 	var timer *time.Timer
 	readDeadline := s.readDeadline.Load().(time.Time)
@@ -148,7 +232,7 @@ WAIT:
 	case <-s.session.shutdownCh:
 	case <-s.recvNotifyCh:
 	case <-timeout:
-		return 0, ErrTimeout
+		return ErrTimeout
 	}
 	if timer != nil {
 		if !timer.Stop() {
@@ -156,6 +240,36 @@ WAIT:
 		}
 	}
 	goto START
+}
+
+// consumeLocked takes up to n buffered bytes off the receive queue,
+// copying them into b unless b is nil, and returns how many it took.
+// Frames read in full give their buffers back to the pool. recvLock is
+// held.
+func (s *Stream) consumeLocked(b []byte, n int) int {
+	took := 0
+	for took < n && s.recvHead < len(s.recvQ) {
+		c := &s.recvQ[s.recvHead]
+		k := len(c.b) - c.off
+		if k > n-took {
+			k = n - took
+		}
+		if b != nil {
+			copy(b[took:], c.b[c.off:c.off+k])
+		}
+		c.off += k
+		took += k
+		if c.off == len(c.b) {
+			putRecvBuf(c.buf)
+			*c = recvChunk{}
+			s.recvHead++
+		}
+	}
+	if s.recvHead == len(s.recvQ) {
+		s.recvQ, s.recvHead = s.recvQ[:0], 0
+	}
+	s.recvLen -= took
+	return took
 }
 
 // Write is used to write to the stream
@@ -208,7 +322,12 @@ START:
 
 	// Send the header
 	s.sendHdr.encode(typeData, flags, s.id, max)
-	if err = s.session.waitForSendErr(s.sendHdr, body, s.sendErr); err != nil {
+	if sent, werr := s.session.sendInPlace(s.sendHdr, body); sent {
+		// dsproxy fork: written in place (Config.WriteInPlace).
+		if werr != nil {
+			return 0, werr
+		}
+	} else if err = s.session.waitForSendErr(s.sendHdr, body, s.sendErr); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
 			// Message left in ready queue, header re-use is unsafe.
 			s.sendHdr = header(make([]byte, headerSize))
@@ -245,6 +364,13 @@ WAIT:
 	goto START
 }
 
+// flagsPending reports whether sendFlags would return flags.
+func (s *Stream) flagsPending() bool {
+	s.stateLock.Lock()
+	defer s.stateLock.Unlock()
+	return s.state == streamInit || s.state == streamSYNReceived
+}
+
 // sendFlags determines any flags that are appropriate
 // based on the current stream state
 func (s *Stream) sendFlags() uint16 {
@@ -270,12 +396,20 @@ func (s *Stream) sendWindowUpdate() error {
 
 	// Determine the delta update
 	max := s.session.config.MaxStreamWindowSize
-	var bufLen uint32
 	s.recvLock.Lock()
-	if s.recvBuf != nil {
-		bufLen = uint32(s.recvBuf.Len())
+	delta := (max - uint32(s.recvLen)) - s.recvWindow
+	if delta < (max/2) && !s.flagsPending() {
+		s.recvLock.Unlock()
+		return nil
 	}
-	delta := (max - bufLen) - s.recvWindow
+	s.recvLock.Unlock()
+
+	// dsproxy fork: an update waits for a body being read (bodyLock), as
+	// upstream's waited for recvLock. A body's arrival leaves delta as
+	// it is, so the check above needs no wait.
+	s.bodyLock.Lock()
+	s.recvLock.Lock()
+	delta = (max - uint32(s.recvLen)) - s.recvWindow
 
 	// Determine the flags if any
 	flags := s.sendFlags()
@@ -283,12 +417,14 @@ func (s *Stream) sendWindowUpdate() error {
 	// Check if we can omit the update
 	if delta < (max/2) && flags == 0 {
 		s.recvLock.Unlock()
+		s.bodyLock.Unlock()
 		return nil
 	}
 
 	// Update our window
 	s.recvWindow += delta
 	s.recvLock.Unlock()
+	s.bodyLock.Unlock()
 
 	// Send the header
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, delta)
@@ -486,32 +622,45 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		return nil
 	}
 
-	// Wrap in a limited reader
-	conn = &io.LimitedReader{R: conn, N: int64(length)}
-
-	// Copy into buffer
+	// Check that the frame fits the window. Only this loop shrinks
+	// recvWindow, so the check holds while the body is read, outside
+	// recvLock: a Read need not wait for a large frame to arrive.
+	s.bodyLock.Lock()
+	defer s.bodyLock.Unlock()
 	s.recvLock.Lock()
-
 	if length > s.recvWindow {
 		s.session.logger.Printf("[ERR] yamux: receive window exceeded (stream: %d, remain: %d, recv: %d)", s.id, s.recvWindow, length)
 		s.recvLock.Unlock()
 		return ErrRecvWindowExceeded
 	}
+	s.recvLock.Unlock()
 
-	if s.recvBuf == nil {
-		// Allocate the receive buffer just-in-time to fit the full data frame.
-		// This way we can read in the whole packet without further allocations.
-		s.recvBuf = bytes.NewBuffer(make([]byte, 0, length))
-	}
-	copiedLength, err := io.Copy(s.recvBuf, conn)
-	if err != nil {
+	// dsproxy fork: the body is read straight into a pooled buffer of its
+	// own, which the reader takes whole (Next) or copies from (Read).
+	buf := getRecvBuf(int(length))
+	if _, err := io.ReadFull(conn, *buf); err != nil {
+		putRecvBuf(buf)
+		if err == io.ErrUnexpectedEOF {
+			return io.EOF // the connection ended, as at a header
+		}
 		s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
-		s.recvLock.Unlock()
 		return err
 	}
 
+	s.recvLock.Lock()
+	if s.recvHead > 0 && len(s.recvQ) == cap(s.recvQ) {
+		// Reuse the room of the frames read already.
+		k := copy(s.recvQ, s.recvQ[s.recvHead:])
+		for i := k; i < len(s.recvQ); i++ {
+			s.recvQ[i] = recvChunk{}
+		}
+		s.recvQ, s.recvHead = s.recvQ[:k], 0
+	}
+	s.recvQ = append(s.recvQ, recvChunk{buf: buf, b: *buf})
+	s.recvLen += int(length)
+
 	// Decrement the receive window
-	s.recvWindow -= uint32(copiedLength)
+	s.recvWindow -= length
 	s.recvLock.Unlock()
 
 	// Unblock any readers
@@ -549,8 +698,8 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 // the idle memory utilization.
 func (s *Stream) Shrink() {
 	s.recvLock.Lock()
-	if s.recvBuf != nil && s.recvBuf.Len() == 0 {
-		s.recvBuf = nil
+	if s.recvLen == 0 {
+		s.recvQ, s.recvHead = nil, 0
 	}
 	s.recvLock.Unlock()
 }
