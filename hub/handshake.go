@@ -73,6 +73,13 @@ type handshakeListener struct {
 	// when that was last logged (Unix nanoseconds).
 	shed   atomic.Int64
 	warned atomic.Int64
+
+	// full and resumed count the handshakes done, with a full key
+	// exchange and certificate, and resuming a session from a ticket
+	// (issue 6: after a restart the fleet should resume); waited sums, in
+	// nanoseconds, how long admitted handshakes waited for their slot.
+	full, resumed atomic.Int64
+	waited        atomic.Int64
 }
 
 // shedWarnEvery is how often, at most, the hub logs that it refuses
@@ -214,6 +221,11 @@ func (l *handshakeListener) handshake(raw net.Conn) {
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
+	if tc.ConnectionState().DidResume {
+		l.resumed.Add(1)
+	} else {
+		l.full.Add(1)
+	}
 	select {
 	case l.ready <- tc:
 	case <-l.ctx.Done():
@@ -235,8 +247,10 @@ func (l *handshakeListener) admit(hello *tls.ClientHelloInfo) (*tls.Config, erro
 	default:
 		t := time.NewTimer(l.wait)
 		defer t.Stop()
+		queued := time.Now()
 		select {
 		case l.slots <- struct{}{}:
+			l.waited.Add(int64(time.Since(queued)))
 		case <-t.C:
 			n := l.shed.Add(1)
 			now, last := time.Now().UnixNano(), l.warned.Load()
