@@ -244,11 +244,13 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 	if c.cfg.legacyFrames {
 		features = features[:1]
 	}
+	start := time.Now()
 	ws, layers, err := c.dialMux(ctx, "/devices/"+pathEscape(c.cs.DeviceID)+"/control?api-version=2020-09-30",
 		wire.ControlSubprotocol, http.Header{wire.HeaderFeatures: {strings.Join(features, ",")}}, "control session")
 	if err != nil {
 		return err
 	}
+	dialed := time.Now()
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	// The streams this session delivers run under hctx, which ends with
@@ -287,7 +289,11 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 	c.setConnected(true)
 	defer c.setConnected(false)
 	defer c.streams.Reset() // the next session may be with a restarted hub
-	c.log.Info().Str("hub", c.cs.HostName).Msg("control session up")
+	// How the session was made, for whoever follows a fleet's reconnects
+	// (issue 6): the dial (TCP, TLS, the WebSocket upgrade) and the wait
+	// for the hub's ready message, and whether TLS resumed a session.
+	c.log.Info().Str("hub", c.cs.HostName).Bool("tls_resumed", tlsResumed(layers)).
+		Dur("dial", dialed.Sub(start)).Dur("ready", time.Since(dialed)).Msg("control session up")
 
 	for {
 		st, err := mux.AcceptStream()
@@ -315,6 +321,16 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 			c.serve(hctx, st, addrs)
 		}()
 	}
+}
+
+// tlsResumed reports whether the TLS connection under layers resumed a
+// session (a ticket from an earlier connection, no certificate).
+func tlsResumed(layers *streamLayers) bool {
+	if layers == nil || layers.plain == nil {
+		return false
+	}
+	tc, ok := layers.plain.Conn.(*tls.Conn)
+	return ok && tc.ConnectionState().DidResume
 }
 
 // peerCloseWait bounds how long a control session that ended with an error
