@@ -90,6 +90,54 @@ type restartResult struct {
 	SimCPUSeconds float64  `json:"simulatorCPUSeconds"`
 	Examples      []string `json:"examples,omitempty"` // a few errors of each class but "refused", as logged
 	HubGauge      float64  `json:"hubConnectedDevices"`
+
+	// TLS counts the reconnects' handshakes that resumed a TLS session
+	// and those that did not, as the devices logged them and as the new
+	// hub counted them (its metrics; zero from a hub without them), and
+	// the hub's mean wait for a handshake slot.
+	TLS struct {
+		ClientResumed int     `json:"clientResumed"`
+		ClientFull    int     `json:"clientFull"`
+		HubResumed    float64 `json:"hubResumed"`
+		HubFull       float64 `json:"hubFull"`
+		HubWaitMeanMS float64 `json:"hubWaitMeanMs"`
+	} `json:"tls"`
+	// Where is where the devices' time back went, over all of them and
+	// over the slowest 1 %; Late says what happened to the slowest.
+	Where struct {
+		All     timeSplit `json:"all"`
+		Slowest timeSplit `json:"slowest1pct"`
+	} `json:"where"`
+	Late lateReport `json:"late"`
+}
+
+// timeSplit is where a set of devices' time back went, as means in
+// seconds: Closing, from the fleet's first drop to the device's own (the
+// old hub closes sessions one after another); Backoff, the waits between
+// attempts; Failed, the attempts that failed, all classes; Attempt, the
+// one that succeeded. Closing + Backoff + Failed + Attempt = Back, the
+// mean time back (an attempt is timed from the end of the wait its
+// predecessor logged). The successful attempt, as the devices log it:
+// Dial, TCP, TLS (with the hub's admission queue) and the WebSocket
+// upgrade; Ready, the wait for the hub's ready message.
+type timeSplit struct {
+	N       int     `json:"n"`
+	Back    float64 `json:"back"`
+	Closing float64 `json:"closing"`
+	Backoff float64 `json:"backoff"`
+	Failed  float64 `json:"failed"`
+	Attempt float64 `json:"attempt"`
+	Dial    float64 `json:"dial"`
+	Ready   float64 `json:"ready"`
+}
+
+// lateReport is what happened to the slowest 1 % of the devices: their
+// failed attempts by class, the longest wait any of them chose, and the
+// attempts of a few of them in order.
+type lateReport struct {
+	Failures  map[string]int `json:"failures"`
+	MaxWait   float64        `json:"maxWaitSeconds"`
+	Timelines []string       `json:"timelines,omitempty"`
 }
 
 func devicesCmd(ctx context.Context, args []string) error {
@@ -404,8 +452,13 @@ func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, 
 	if cpu1, err := readCPU(os.Getpid()); err == nil {
 		rr.SimCPUSeconds = (cpu1 - cpu0).Seconds()
 	}
-	if v, err := hm.gauge(ctx, "dsproxy_hub_connected_devices"); err == nil {
-		rr.HubGauge = v
+	if m, err := hm.scrape(ctx); err == nil {
+		rr.HubGauge = m["dsproxy_hub_connected_devices"]
+		// Absent from a hub that predates them: zero.
+		rr.TLS.HubFull, rr.TLS.HubResumed = m["dsproxy_hub_tls_handshakes_full_total"], m["dsproxy_hub_tls_handshakes_resumed_total"]
+		if n := rr.TLS.HubFull + rr.TLS.HubResumed; n > 0 {
+			rr.TLS.HubWaitMeanMS = m["dsproxy_hub_tls_handshake_wait_seconds_total"] / n * 1e3
+		}
 	}
 	progress("fleet back %.1fs after the drop; %d failed attempts", rr.AllBackSeconds, rr.FailureTotal)
 	return rr, nil
@@ -514,6 +567,7 @@ type fleet struct {
 	nBack      int
 	failures   map[string]int
 	perDevice  []int     // failed attempts after the drop
+	tracks     []track   // each device's way back, after its drop
 	retryWaits []float64 // seconds, after the drop
 	examples   []string
 	exampled   map[string]int // examples kept, by class
@@ -522,7 +576,7 @@ type fleet struct {
 func newFleet(n int) *fleet {
 	return &fleet{
 		n: n, up: make([]bool, n), dropped: make([]bool, n), backAt: make([]time.Time, n),
-		perDevice: make([]int, n), failures: make(map[string]int),
+		perDevice: make([]int, n), tracks: make([]track, n), failures: make(map[string]int),
 	}
 }
 
@@ -536,11 +590,36 @@ type deviceLog struct {
 	i int
 }
 
-// logLine is the part of a DeviceClient log line the fleet reads.
+// logLine is the part of a DeviceClient log line the fleet reads. Dial
+// and Ready are milliseconds (zerolog's durations), on "control session
+// up" from clients that log them.
 type logLine struct {
-	Message string `json:"message"`
-	Error   string `json:"error"`
-	RetryIn string `json:"retry_in"`
+	Message    string   `json:"message"`
+	Error      string   `json:"error"`
+	RetryIn    string   `json:"retry_in"`
+	TLSResumed *bool    `json:"tls_resumed"`
+	Dial       *float64 `json:"dial"`
+	Ready      *float64 `json:"ready"`
+}
+
+// attempt is one of a device's attempts after its drop: its failure
+// class ("" for the one that succeeded), how long it took and the wait
+// that followed (seconds).
+type attempt struct {
+	class      string
+	took, wait float64
+}
+
+// track is one device's way back after its drop.
+type track struct {
+	droppedAt time.Time // its session ended
+	dropWait  float64   // the wait chosen then (seconds)
+	lastAt    time.Time // its last attempt ended (or the drop)
+	lastWait  float64   // the wait chosen then (seconds)
+	attempts  []attempt
+	dial      float64 // the successful attempt's phases (seconds), when logged
+	ready     float64
+	resumed   *bool
 }
 
 func (l *deviceLog) Write(p []byte) (int, error) {
@@ -565,6 +644,12 @@ func (f *fleet) event(i int, e logLine, now time.Time) {
 		if restarting && f.dropped[i] && f.backAt[i].IsZero() {
 			f.backAt[i] = now
 			f.nBack++
+			t := &f.tracks[i]
+			t.attempts = append(t.attempts, attempt{took: t.since(now)})
+			t.resumed = e.TLSResumed
+			if e.Dial != nil && e.Ready != nil {
+				t.dial, t.ready = *e.Dial/1e3, *e.Ready/1e3
+			}
 		}
 	case "control session down":
 		if f.up[i] {
@@ -574,15 +659,20 @@ func (f *fleet) event(i int, e logLine, now time.Time) {
 		if !restarting {
 			return
 		}
+		t := &f.tracks[i]
+		wait, werr := time.ParseDuration(e.RetryIn)
 		if !f.dropped[i] {
 			f.dropped[i] = true
 			if f.dropAt.IsZero() {
 				f.dropAt = now
 			}
+			t.droppedAt = now
+			t.dropWait = wait.Seconds()
 		} else {
 			class := failureClass(e.Error)
 			f.failures[class]++
 			f.perDevice[i]++
+			t.attempts = append(t.attempts, attempt{class: class, took: t.since(now), wait: wait.Seconds()})
 			if class != "refused" && f.exampled[class] < 3 {
 				if f.exampled == nil {
 					f.exampled = map[string]int{}
@@ -591,10 +681,18 @@ func (f *fleet) event(i int, e logLine, now time.Time) {
 				f.examples = append(f.examples, class+": "+e.Error)
 			}
 		}
-		if d, err := time.ParseDuration(e.RetryIn); err == nil {
-			f.retryWaits = append(f.retryWaits, d.Seconds())
+		t.lastAt, t.lastWait = now, 0
+		if werr == nil {
+			t.lastWait = wait.Seconds()
+			f.retryWaits = append(f.retryWaits, wait.Seconds())
 		}
 	}
+}
+
+// since is how long the attempt that ended at now took: it began when
+// the wait chosen after the previous one was over.
+func (t *track) since(now time.Time) float64 {
+	return max(now.Sub(t.lastAt).Seconds()-t.lastWait, 0)
 }
 
 // failureClass sorts a failed connection attempt by its logged error. The
@@ -680,7 +778,76 @@ func (f *fleet) restartReport(hubDown, hubUp time.Time) *restartResult {
 	}
 	rr.Attempts = summarize(attempts)
 	rr.RetryWaits = summarize(slices.Clone(f.retryWaits))
+	f.whereReport(rr)
 	return rr
+}
+
+// whereReport fills rr's TLS counts (the clients' side), Where and Late
+// from the devices' tracks. f.mu must be held.
+func (f *fleet) whereReport(rr *restartResult) {
+	var order []int // the devices back, slowest last
+	for i, t := range f.backAt {
+		if t.IsZero() {
+			continue
+		}
+		order = append(order, i)
+		if r := f.tracks[i].resumed; r != nil && *r {
+			rr.TLS.ClientResumed++
+		} else if r != nil {
+			rr.TLS.ClientFull++
+		}
+	}
+	slices.SortFunc(order, func(a, b int) int { return f.backAt[a].Compare(f.backAt[b]) })
+	rr.Where.All = f.split(order)
+	slowest := order[len(order)-max(len(order)/100, min(len(order), 1)):]
+	rr.Where.Slowest = f.split(slowest)
+	rr.Late.Failures = map[string]int{}
+	for k, i := range slices.Backward(slowest) {
+		t := &f.tracks[i]
+		line := fmt.Sprintf("%s back at %.1fs, dropped at %.1fs:", deviceID("#", i), f.backAt[i].Sub(f.dropAt).Seconds(), t.droppedAt.Sub(f.dropAt).Seconds())
+		for _, a := range t.attempts {
+			if a.class != "" {
+				rr.Late.Failures[a.class]++
+				rr.Late.MaxWait = max(rr.Late.MaxWait, a.wait)
+				line += fmt.Sprintf(" %s %.1fs, wait %.1fs;", a.class, a.took, a.wait)
+			} else {
+				line += fmt.Sprintf(" up %.1fs (dial %.1fs, ready %.1fs)", a.took, t.dial, t.ready)
+			}
+		}
+		if len(slowest)-k <= 5 {
+			rr.Late.Timelines = append(rr.Late.Timelines, line)
+		}
+	}
+}
+
+// split sums up where the devices' time back went (see timeSplit).
+// f.mu must be held.
+func (f *fleet) split(devices []int) timeSplit {
+	s := timeSplit{N: len(devices)}
+	if len(devices) == 0 {
+		return s
+	}
+	for _, i := range devices {
+		t := &f.tracks[i]
+		s.Back += f.backAt[i].Sub(f.dropAt).Seconds()
+		s.Closing += t.droppedAt.Sub(f.dropAt).Seconds()
+		s.Dial += t.dial
+		s.Ready += t.ready
+		for _, a := range t.attempts {
+			s.Backoff += a.wait
+			if a.class != "" {
+				s.Failed += a.took
+			} else {
+				s.Attempt += a.took
+			}
+		}
+		s.Backoff += t.dropWait
+	}
+	n := float64(len(devices))
+	for _, p := range []*float64{&s.Back, &s.Closing, &s.Backoff, &s.Failed, &s.Attempt, &s.Dial, &s.Ready} {
+		*p /= n
+	}
+	return s
 }
 
 // startCPUProfile profiles this process's CPU into file until the returned
