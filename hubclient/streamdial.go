@@ -141,6 +141,7 @@ func dialTLS(ctx context.Context, base *http.Transport, network, addr string) (*
 	}
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
+		restoreTicket(cfg, cfg.ServerName, err) // crypto/tls's cache key
 		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
 	}
 	l.plain = batch.New(tc)
