@@ -34,8 +34,11 @@
 #                               [--only devices|streams] [--no-restart]
 #                               [--modes session,per-stream]
 #                               [--worktree] [--profile] [--gc-wait DURATION]
-#                               [--min-backoff DURATION]
+#                               [--min-backoff DURATION] [--sim-gogc N]
 #                               [--json FILE]
+# --sim-gogc N: the simulator's GOGC during the restart (scaletool's
+# --restart-gogc; default 400, -1 leaves Go's 100): the simulated fleet
+# shares one heap, which real devices do not.
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
 #   SCALETOOL_BIN the scaletool binary (default: built from HEAD): the
@@ -64,6 +67,7 @@ RESTART=1
 WORKTREE=
 PROFILE=
 MIN_BACKOFF=
+SIM_GOGC=
 JSON_OUT=bench-scale-results.json
 
 usage() {
@@ -82,6 +86,7 @@ while (($# > 0)); do
 	--profile) PROFILE=1; shift ;;
 	--gc-wait) GC_WAIT=${2:?}; shift 2 ;;
 	--min-backoff) MIN_BACKOFF=${2:?}; shift 2 ;;
+	--sim-gogc) SIM_GOGC=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	-h | --help) usage ;;
 	*) printf 'bench-scale: unknown argument %q\n' "$1" >&2; usage ;;
@@ -186,6 +191,7 @@ if want_row devices; then
 	[[ -z $PROFILE ]] || ARGS+=(--hub-data-dir "$HUB_DIR" --profile-dir "$PROFILE_DIR")
 	[[ -z $PROFILE || -z $RESTART ]] || ARGS+=(--cpu-profile "$PROFILE_DIR/simulator-restart.cpu")
 	[[ -z $MIN_BACKOFF ]] || ARGS+=(--min-backoff "$MIN_BACKOFF")
+	[[ -z $SIM_GOGC ]] || ARGS+=(--restart-gogc "$SIM_GOGC")
 	if [[ -n $RESTART ]]; then
 		ARGS+=(--restart --ready-file "$WORK/ready" --hub-exited-file "$WORK/hub-exited" --hub-started-file "$WORK/hub-started")
 	fi
