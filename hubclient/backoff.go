@@ -65,7 +65,12 @@ func newBackoff(minB, maxB time.Duration) *backoff {
 // next returns how long to wait after an attempt that started at start and
 // failed (or ended, for a session that was up) with err at now.
 func (b *backoff) next(err error, start, now time.Time) time.Duration {
-	upAWhile := now.Sub(start) > b.max
+	// Only a session that was up starts over: an attempt that failed
+	// after a long time (a handshake or upgrade that dragged on in a
+	// reconnect storm) is no sign that the hub is back, and starting over
+	// sent such devices straight back into the storm (issue 6).
+	wasUp := errors.Is(err, errHubClosed) || errors.Is(err, errSessionLost) || errors.Is(err, ErrSessionLost)
+	upAWhile := wasUp && now.Sub(start) > b.max
 	if upAWhile {
 		b.cur = b.min // the session was up a while: start over
 		b.awaySince = time.Time{}
@@ -109,6 +114,10 @@ func (b *backoff) next(err error, start, now time.Time) time.Duration {
 // errHubClosed marks a session that the hub ended with a close frame: it
 // shut down, or a newer session of the device replaced this one.
 var errHubClosed = errors.New("the hub closed the session")
+
+// errSessionLost marks a device's control session that was up and ended
+// without the hub's close frame (ErrSessionLost is a service session's).
+var errSessionLost = errors.New("session lost")
 
 // hubAway reports whether err says that the hub went away or refused the
 // attempt on purpose, rather than that something broke: the hub's close

@@ -127,6 +127,15 @@ func TestBackoffCutShortWhileAway(t *testing.T) {
 	if b.cur != minB {
 		t.Errorf("backoff grew to %s in the storm", b.cur)
 	}
+	// An attempt that dragged on for longer than MaxBackoff before it was
+	// cut short is no session that was up: the away time goes on.
+	since := b.awaySince
+	if w := b.next(io.EOF, now.Add(-2*maxB), now); w > window {
+		t.Errorf("after an attempt of %s cut short: wait %s, want within [0, %s]", 2*maxB, w, window)
+	}
+	if b.awaySince != since {
+		t.Errorf("a long failed attempt started the away time over")
+	}
 	// Past awayFor, cut-short attempts back off as usual.
 	later := now.Add(awayFor)
 	for i := range 3 {

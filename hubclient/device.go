@@ -309,7 +309,7 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 			lost = !errors.Is(err, io.EOF) && !wsmux.PeerClosed(nc, peerCloseWait)
 			if lost {
 				stop() // a lost hub never answers the close handshake: cut the connection
-				return fmt.Errorf("control session ended: %w", err)
+				return fmt.Errorf("control session ended: %w: %w", errSessionLost, err)
 			}
 			// The hub ended the session on purpose (shutting down, a newer
 			// session): the reconnect spreads over a window (backoff.go).
