@@ -58,7 +58,7 @@ type devicesResult struct {
 type restartResult struct {
 	// Times are seconds from the first session drop the fleet saw.
 	HubDownSeconds float64 `json:"hubDownSeconds"` // the hub's /healthz first failed
-	HubUpSeconds   float64 `json:"hubUpSeconds"`   // and first answered again
+	HubUpSeconds   float64 `json:"hubUpSeconds"`   // and first answered again (zero: not before the fleet was back)
 	// HubExitedSeconds and HubStartedSeconds are when the old hub process
 	// had exited and the new one was started, as the script recorded
 	// them (zero when it did not).
@@ -446,6 +446,13 @@ func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, 
 		case ok && !hubDown.IsZero():
 			hubUp = time.Now()
 		}
+		if hubUp.IsZero() && !hubDown.IsZero() && fleet.back() == fleet.n {
+			// The fleet is back before a probe got through: each waits
+			// 2 s at most, and in the storm the hub's handshake queue is
+			// longer. The hub is up; when, the fleet's times say.
+			progress("the fleet is back; /healthz did not answer a probe meanwhile")
+			break
+		}
 		if hubUp.IsZero() {
 			select {
 			case <-ctx.Done():
@@ -781,7 +788,10 @@ func (f *fleet) restartReport(hubDown, hubUp time.Time) *restartResult {
 	if f.nBack == f.n {
 		rr.AllBackSeconds = since(last)
 	}
-	rr.HubDownSeconds, rr.HubUpSeconds = since(hubDown), since(hubUp)
+	rr.HubDownSeconds = since(hubDown)
+	if !hubUp.IsZero() {
+		rr.HubUpSeconds = since(hubUp) // zero: no probe got through before the fleet was back
+	}
 	rr.Histogram = histogram(back, 1)
 	rr.Reconnect = summarize(back)
 	attempts := make([]float64, 0, f.n)
