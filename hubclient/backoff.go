@@ -31,9 +31,10 @@ import (
 //     smaller): a large fleet that came back in one wave and found the
 //     hub at capacity spreads the rest of its reconnects over it, while
 //     the hub works through the ones in line at its own pace.
-// A failure that only says the connection broke or timed out (a handshake
-// cut short) while the hub is away in this sense is taken as the hub
-// being busy with the fleet's return: the busy window, without growth.
+// Any other failure while the hub is away in this sense (a handshake cut
+// short or timed out, a session torn down before it was ready) is taken
+// as the hub being busy with the fleet's return: the busy window, without
+// growth.
 // After awayFor of such failures in a row the hub is taken to be down for
 // good, and the waits grow again.
 
@@ -94,15 +95,16 @@ func (b *backoff) next(err error, start, now time.Time) time.Duration {
 			}
 			return retryAfterOf(err) + rand.N(window+1)
 		}
-	} else if !b.awaySince.IsZero() && now.Sub(b.awaySince) < awayFor &&
-		!errors.Is(err, errHubClosed) && brokeOnTheWay(err) {
-		// Cut short (the connection ended, a handshake timed out) while
-		// the fleet comes back to a hub that went away: the reconnect
-		// storm, the hub busy in all but name. The busy window spreads
-		// these retries, and does not grow: growing it pushed the
-		// devices that failed a few times a minute or more behind the
-		// others (issue 6: the restart's tail).
-		return rand.N(min(awayWindow, b.max) + 1)
+	} else if !b.awaySince.IsZero() && now.Sub(b.awaySince) < awayFor && !errors.Is(err, errHubClosed) {
+		// Any other failure while the fleet comes back to a hub that
+		// went away (a handshake or upgrade cut short or timed out, a
+		// session torn down before it was ready): the reconnect storm,
+		// the hub busy in all but name. The busy window spreads these
+		// retries, and does not grow: growing it pushed the devices that
+		// failed a few times a minute or more behind the others, and
+		// ending the away time on such a failure sent them back into the
+		// storm at once (issue 6: the restart's tail).
+		return max(rand.N(min(awayWindow, b.max)+1), retryAfterOf(err))
 	} else {
 		b.awaySince = time.Time{}
 	}

@@ -96,9 +96,9 @@ func TestBackoffAway(t *testing.T) {
 }
 
 // TestBackoffCutShortWhileAway: after the hub went away on purpose,
-// attempts cut short (EOF, a reset, a timeout: the reconnect storm) wait
-// within the busy window, without growing, for up to awayFor; any other
-// failure ends the away time and grows the backoff.
+// attempts cut short (EOF, a reset, a timeout, a session torn down before
+// it was ready: the reconnect storm) wait within the busy window, without
+// growing, for up to awayFor.
 func TestBackoffCutShortWhileAway(t *testing.T) {
 	const minB, maxB = 100 * time.Millisecond, 30 * time.Second
 	window := min(awayWindow, maxB)
@@ -109,6 +109,7 @@ func TestBackoffCutShortWhileAway(t *testing.T) {
 		fmt.Errorf("connect control session: %w", io.EOF),
 		&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)},
 		fmt.Errorf("tls handshake with hub: %w", context.DeadlineExceeded),
+		fmt.Errorf("control session: no ready message from the hub: %w", errors.New("session shutdown")),
 	}
 	var long int
 	for i := range 300 {

@@ -50,10 +50,10 @@ type DeviceConfig struct {
 	// handshake away), the wait is instead drawn from [0, 1 s] (closed,
 	// refusing connections) or [0, 10 s] (503, handshake turned away),
 	// at most [0, MaxBackoff], and does not grow, so that a fleet
-	// spreads its reconnects after a restart; an attempt cut short
-	// meanwhile (the connection ended or timed out: the hub is busy with
-	// the fleet) waits within [0, 10 s] too. Zero values mean 500 ms
-	// and 30 s.
+	// spreads its reconnects after a restart; any other failed attempt
+	// meanwhile (cut short, timed out, a session torn down before it was
+	// ready: the hub is busy with the fleet) waits within [0, 10 s] too.
+	// Zero values mean 500 ms and 30 s.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 
