@@ -32,9 +32,9 @@ import (
 //     hub at capacity spreads the rest of its reconnects over it, while
 //     the hub works through the ones in line at its own pace.
 // Any other failure while the hub is away in this sense (a handshake cut
-// short or timed out, a session torn down before it was ready) is taken
-// as the hub being busy with the fleet's return: the busy window, without
-// growth.
+// short or timed out, a session torn down before it was ready) is the
+// fleet's return: the short window, without growth, the away time going
+// on.
 // After awayFor of such failures in a row the hub is taken to be down for
 // good, and the waits grow again.
 
@@ -98,13 +98,16 @@ func (b *backoff) next(err error, start, now time.Time) time.Duration {
 	} else if !b.awaySince.IsZero() && now.Sub(b.awaySince) < awayFor && !errors.Is(err, errHubClosed) {
 		// Any other failure while the fleet comes back to a hub that
 		// went away (a handshake or upgrade cut short or timed out, a
-		// session torn down before it was ready): the reconnect storm,
-		// the hub busy in all but name. The busy window spreads these
-		// retries, and does not grow: growing it pushed the devices that
-		// failed a few times a minute or more behind the others, and
-		// ending the away time on such a failure sent them back into the
-		// storm at once (issue 6: the restart's tail).
-		return max(rand.N(min(awayWindow, b.max)+1), retryAfterOf(err))
+		// session torn down before it was ready): the reconnect storm.
+		// Such an attempt has paced the device already (it failed after
+		// seconds in the hub's queue, not at once), so the short window
+		// follows, and it does not grow: growing it pushed the devices
+		// that failed a few times a minute or more behind the others,
+		// and ending the away time on such a failure sent them back
+		// into the storm at once (issue 6: the restart's tail); the busy
+		// window after it left the last devices up to 10 s behind a
+		// hub that had room again.
+		return max(rand.N(min(awayFirst, b.max)+1), retryAfterOf(err))
 	} else {
 		b.awaySince = time.Time{}
 	}

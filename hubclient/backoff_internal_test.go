@@ -97,11 +97,11 @@ func TestBackoffAway(t *testing.T) {
 
 // TestBackoffCutShortWhileAway: after the hub went away on purpose,
 // attempts cut short (EOF, a reset, a timeout, a session torn down before
-// it was ready: the reconnect storm) wait within the busy window, without
+// it was ready: the reconnect storm) wait within the short window, without
 // growing, for up to awayFor.
 func TestBackoffCutShortWhileAway(t *testing.T) {
 	const minB, maxB = 100 * time.Millisecond, 30 * time.Second
-	window := min(awayWindow, maxB)
+	window := min(awayFirst, maxB)
 	b := newBackoff(minB, maxB)
 	now := time.Now()
 	b.next(fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF), now.Add(-time.Hour), now)

@@ -52,7 +52,7 @@ type DeviceConfig struct {
 	// at most [0, MaxBackoff], and does not grow, so that a fleet
 	// spreads its reconnects after a restart; any other failed attempt
 	// meanwhile (cut short, timed out, a session torn down before it was
-	// ready: the hub is busy with the fleet) waits within [0, 10 s] too.
+	// ready: the fleet's return) waits within [0, 1 s], without growing.
 	// Zero values mean 500 ms and 30 s.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
