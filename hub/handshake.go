@@ -13,7 +13,8 @@ package hub
 // hub has written its answering flight, which is when the hub's share of
 // the handshake's CPU is spent (the client's round trip for its Finished
 // holds no slot). The others wait in line, in order, and their handshake
-// timeout starts when their turn comes; one that cannot get a slot within
+// timeout starts when their turn comes, and again for the client's answer
+// once the hub's flight is out; one that cannot get a slot within
 // handshakeQueueWait is refused at once with a TLS alert, before any
 // cryptography, and its client retries after its backoff. net/http only
 // ever sees connections whose handshake is done.
@@ -73,6 +74,13 @@ type handshakeListener struct {
 	// when that was last logged (Unix nanoseconds).
 	shed   atomic.Int64
 	warned atomic.Int64
+
+	// full and resumed count the handshakes done, with a full key
+	// exchange and certificate, and resuming a session from a ticket
+	// (issue 6: after a restart the fleet should resume); waited sums, in
+	// nanoseconds, how long admitted handshakes waited for their slot.
+	full, resumed atomic.Int64
+	waited        atomic.Int64
 }
 
 // shedWarnEvery is how often, at most, the hub logs that it refuses
@@ -82,9 +90,10 @@ const shedWarnEvery = 10 * time.Second
 
 // newHandshakeListener serves TLS with cfg on inner; it sets cfg's
 // GetConfigForClient, and later changes to cfg (its session ticket keys)
-// apply to the handshakes that follow. timeout bounds a
-// handshake from its admission (and the wait for a ClientHello); slots
-// handshakes run at once, and a connection waits up to wait for a slot.
+// apply to the handshakes that follow. timeout bounds the wait for a
+// ClientHello, the hub's part of a handshake from its admission, and the
+// client's answer to the hub's flight; slots handshakes run at once, and
+// a connection waits up to wait for a slot.
 func newHandshakeListener(inner net.Listener, cfg *tls.Config, timeout, wait time.Duration, slots int, log zerolog.Logger) *handshakeListener {
 	l := &handshakeListener{
 		inner:   inner,
@@ -175,15 +184,29 @@ func looksLikeHTTP(hdr [5]byte) bool {
 type pendingKey struct{}
 
 // slotHold is a connection's claim on a handshake slot: taken by admit,
-// given back once by release.
+// given back once by release (or by flown).
 type slotHold struct {
 	l     *handshakeListener
 	taken atomic.Bool
 }
 
-func (h *slotHold) release() {
+func (h *slotHold) release() bool {
 	if h.taken.CompareAndSwap(true, false) {
 		<-h.l.slots
+		return true
+	}
+	return false
+}
+
+// flown gives the slot back once the hub's answering flight is written
+// on nc, and gives the client the handshake timeout from then on to
+// answer it: the hub's share of the handshake is done, and cutting the
+// client off now would throw it away (issue 6: in a reconnect storm,
+// clients short of CPU took longer than the timeout counted from their
+// admission, and every such handshake was done again).
+func (h *slotHold) flown(nc net.Conn) {
+	if h.release() {
+		_ = nc.SetDeadline(time.Now().Add(h.l.timeout))
 	}
 }
 
@@ -214,6 +237,11 @@ func (l *handshakeListener) handshake(raw net.Conn) {
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
+	if tc.ConnectionState().DidResume {
+		l.resumed.Add(1)
+	} else {
+		l.full.Add(1)
+	}
 	select {
 	case l.ready <- tc:
 	case <-l.ctx.Done():
@@ -235,8 +263,10 @@ func (l *handshakeListener) admit(hello *tls.ClientHelloInfo) (*tls.Config, erro
 	default:
 		t := time.NewTimer(l.wait)
 		defer t.Stop()
+		queued := time.Now()
 		select {
 		case l.slots <- struct{}{}:
+			l.waited.Add(int64(time.Since(queued)))
 		case <-t.C:
 			n := l.shed.Add(1)
 			now, last := time.Now().UnixNano(), l.warned.Load()
@@ -281,7 +311,8 @@ func flightOf(c net.Conn) *flightConn {
 
 // flightConn gives the connection's handshake slot back after the first
 // write once it holds one: the hub's answering flight, when its part of
-// the handshake's work is done.
+// the handshake's work is done; the client's answer then has the
+// handshake timeout from there (slotHold.flown).
 type flightConn struct {
 	net.Conn
 	hold *slotHold // set for the handshake only, by its goroutine
@@ -290,7 +321,7 @@ type flightConn struct {
 func (c *flightConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if c.hold != nil {
-		c.hold.release()
+		c.hold.flown(c.Conn)
 	}
 	return n, err
 }

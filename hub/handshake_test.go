@@ -135,3 +135,70 @@ func TestHandshakeShed(t *testing.T) {
 	l.Close()
 	wait()
 }
+
+// slowAnswer delays the client's writes after its ClientHello: a client
+// short of CPU that takes long to answer the hub's flight.
+type slowAnswer struct {
+	net.Conn
+	delay  time.Duration
+	writes int
+}
+
+func (c *slowAnswer) Write(p []byte) (int, error) {
+	if c.writes++; c.writes == 2 {
+		time.Sleep(c.delay)
+	}
+	return c.Conn.Write(p)
+}
+
+// TestHandshakeSlowAnswer: a client may take up to the handshake timeout
+// to answer the hub's flight, counted from the flight, even when the hub
+// took long to send it: the hub's share of the work is done by then, and
+// cutting the client off would throw it away (issue 6).
+func TestHandshakeSlowAnswer(t *testing.T) {
+	const timeout, hubTook, clientTook = 2 * time.Second, 1400 * time.Millisecond, 1400 * time.Millisecond
+	b, err := certs.LoadOrCreate(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := b.Config.Clone()
+	cert := cfg.Certificates[0]
+	cfg.Certificates = nil
+	cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		time.Sleep(hubTook) // after admission, before the flight
+		return &cert, nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newHandshakeListener(flightListener{ln}, cfg, timeout, 5*time.Second, 4, zerolog.Nop())
+	wait := serveEcho(l)
+	defer func() {
+		l.Close()
+		wait()
+	}()
+	cc, err := certs.ClientConfig(b.CAPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.ServerName = "127.0.0.1"
+
+	nc, err := net.DialTimeout("tcp", l.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(&slowAnswer{Conn: nc, delay: clientTook}, cc)
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	_, err = c.Write([]byte{7})
+	if err == nil {
+		_, err = c.Read(make([]byte, 1))
+	}
+	if err != nil {
+		t.Errorf("a client that answered %s after the hub's flight, %s after its admission (timeout %s): %v",
+			clientTook, hubTook+clientTook, timeout, err)
+	}
+	t.Logf("echoed after %s", time.Since(start).Round(time.Millisecond))
+}

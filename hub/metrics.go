@@ -144,6 +144,27 @@ func newMetrics(s *Server) *metrics {
 			}
 			return 0
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("tls_handshakes_full_total",
+			"TLS handshakes done with a full key exchange and the hub's certificate.")), func() float64 {
+			if hl := s.handshakes.Load(); hl != nil {
+				return float64(hl.full.Load())
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("tls_handshakes_resumed_total",
+			"TLS handshakes that resumed a session from a ticket (no certificate): after a restart, the fleet's reconnects should be these.")), func() float64 {
+			if hl := s.handshakes.Load(); hl != nil {
+				return float64(hl.resumed.Load())
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("tls_handshake_wait_seconds_total",
+			"Time the admitted TLS handshakes waited for a slot, summed.")), func() float64 {
+			if hl := s.handshakes.Load(); hl != nil {
+				return time.Duration(hl.waited.Load()).Seconds()
+			}
+			return 0
+		}),
 		gauge("tls_handshakes_in_progress", "TLS handshakes running now; at most a few per core run at once, the rest wait for a slot.", func() int {
 			if hl := s.handshakes.Load(); hl != nil {
 				return len(hl.slots)

@@ -5,6 +5,7 @@ package hub_test
 
 import (
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -197,5 +198,31 @@ func TestMetricsRuntime(t *testing.T) {
 		if v := sample(t, m, series); v != 0 {
 			t.Errorf("%s = %v, want 0", series, v)
 		}
+	}
+}
+
+// TestMetricsTLSResumption: the hub counts the TLS handshakes that
+// resumed a session apart from the full ones (issue 6: after a restart
+// the fleet's reconnects should resume), and the wait for a slot.
+func TestMetricsTLSResumption(t *testing.T) {
+	w := dsproxytest.NewHub(t)
+	_, before := scrape(t, w)
+	cache := tls.NewLRUClientSessionCache(4)
+	if healthzResumed(t, w.Addr, w.ClientTLS, cache) {
+		t.Error("first connection resumed a session")
+	}
+	if !healthzResumed(t, w.Addr, w.ClientTLS, cache) {
+		t.Error("second connection did not resume")
+	}
+	_, after := scrape(t, w) // a full handshake of its own
+	delta := func(series string) float64 { return sample(t, after, series) - sample(t, before, series) }
+	if d := delta("dsproxy_hub_tls_handshakes_full_total"); d != 2 {
+		t.Errorf("full handshakes counted %v, want 2 (the first healthz, the scrape)", d)
+	}
+	if d := delta("dsproxy_hub_tls_handshakes_resumed_total"); d != 1 {
+		t.Errorf("resumed handshakes counted %v, want 1", d)
+	}
+	if v := sample(t, after, "dsproxy_hub_tls_handshake_wait_seconds_total"); v < 0 {
+		t.Errorf("handshake wait %v, want ≥ 0", v)
 	}
 }

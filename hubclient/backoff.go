@@ -31,6 +31,10 @@ import (
 //     smaller): a large fleet that came back in one wave and found the
 //     hub at capacity spreads the rest of its reconnects over it, while
 //     the hub works through the ones in line at its own pace.
+// Any other failure while the hub is away in this sense (a handshake cut
+// short or timed out, a session torn down before it was ready) is the
+// fleet's return: the short window, without growth, the away time going
+// on.
 // After awayFor of such failures in a row the hub is taken to be down for
 // good, and the waits grow again.
 
@@ -62,7 +66,12 @@ func newBackoff(minB, maxB time.Duration) *backoff {
 // next returns how long to wait after an attempt that started at start and
 // failed (or ended, for a session that was up) with err at now.
 func (b *backoff) next(err error, start, now time.Time) time.Duration {
-	upAWhile := now.Sub(start) > b.max
+	// Only a session that was up starts over: an attempt that failed
+	// after a long time (a handshake or upgrade that dragged on in a
+	// reconnect storm) is no sign that the hub is back, and starting over
+	// sent such devices straight back into the storm (issue 6).
+	wasUp := errors.Is(err, errHubClosed) || errors.Is(err, errSessionLost) || errors.Is(err, ErrSessionLost)
+	upAWhile := wasUp && now.Sub(start) > b.max
 	if upAWhile {
 		b.cur = b.min // the session was up a while: start over
 		b.awaySince = time.Time{}
@@ -86,6 +95,19 @@ func (b *backoff) next(err error, start, now time.Time) time.Duration {
 			}
 			return retryAfterOf(err) + rand.N(window+1)
 		}
+	} else if !b.awaySince.IsZero() && now.Sub(b.awaySince) < awayFor && !errors.Is(err, errHubClosed) {
+		// Any other failure while the fleet comes back to a hub that
+		// went away (a handshake or upgrade cut short or timed out, a
+		// session torn down before it was ready): the reconnect storm.
+		// Such an attempt has paced the device already (it failed after
+		// seconds in the hub's queue, not at once), so the short window
+		// follows, and it does not grow: growing it pushed the devices
+		// that failed a few times a minute or more behind the others,
+		// and ending the away time on such a failure sent them back
+		// into the storm at once (issue 6: the restart's tail); the busy
+		// window after it left the last devices up to 10 s behind a
+		// hub that had room again.
+		return max(rand.N(min(awayFirst, b.max)+1), retryAfterOf(err))
 	} else {
 		b.awaySince = time.Time{}
 	}
@@ -97,6 +119,10 @@ func (b *backoff) next(err error, start, now time.Time) time.Duration {
 // errHubClosed marks a session that the hub ended with a close frame: it
 // shut down, or a newer session of the device replaced this one.
 var errHubClosed = errors.New("the hub closed the session")
+
+// errSessionLost marks a device's control session that was up and ended
+// without the hub's close frame (ErrSessionLost is a service session's).
+var errSessionLost = errors.New("session lost")
 
 // hubAway reports whether err says that the hub went away or refused the
 // attempt on purpose, rather than that something broke: the hub's close

@@ -95,6 +95,72 @@ func TestBackoffAway(t *testing.T) {
 	}
 }
 
+// TestBackoffCutShortWhileAway: after the hub went away on purpose,
+// attempts cut short (EOF, a reset, a timeout, a session torn down before
+// it was ready: the reconnect storm) wait within the short window, without
+// growing, for up to awayFor.
+func TestBackoffCutShortWhileAway(t *testing.T) {
+	const minB, maxB = 100 * time.Millisecond, 30 * time.Second
+	window := min(awayFirst, maxB)
+	b := newBackoff(minB, maxB)
+	now := time.Now()
+	b.next(fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF), now.Add(-time.Hour), now)
+	cut := []error{
+		fmt.Errorf("connect control session: %w", io.EOF),
+		&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)},
+		fmt.Errorf("tls handshake with hub: %w", context.DeadlineExceeded),
+		fmt.Errorf("control session: no ready message from the hub: %w", errors.New("session shutdown")),
+	}
+	var long int
+	for i := range 300 {
+		now = now.Add(100 * time.Millisecond) // 30 s in all, within awayFor
+		w := b.next(cut[i%len(cut)], now, now)
+		if w < 0 || w > window {
+			t.Fatalf("cut short %d (%v): wait %s, want within [0, %s]", i, cut[i%len(cut)], w, window)
+		}
+		if w > window/2 {
+			long++
+		}
+	}
+	if long < 100 || long > 200 {
+		t.Errorf("%d of 300 waits in the upper half of the window, want about 150", long)
+	}
+	if b.cur != minB {
+		t.Errorf("backoff grew to %s in the storm", b.cur)
+	}
+	// An attempt that dragged on for longer than MaxBackoff before it was
+	// cut short is no session that was up: the away time goes on.
+	since := b.awaySince
+	if w := b.next(io.EOF, now.Add(-2*maxB), now); w > window {
+		t.Errorf("after an attempt of %s cut short: wait %s, want within [0, %s]", 2*maxB, w, window)
+	}
+	if b.awaySince != since {
+		t.Errorf("a long failed attempt started the away time over")
+	}
+	// Past awayFor, cut-short attempts back off as usual.
+	later := now.Add(awayFor)
+	for i := range 3 {
+		w := b.next(io.EOF, later, later)
+		if lo := minB << i / 2; w < lo || w > minB<<i {
+			t.Errorf("EOF after %s away, attempt %d: wait %s, want within [%s, %s]", awayFor, i, w, lo, minB<<i)
+		}
+	}
+
+	// A session the hub closed soon after it began (replaced by another
+	// agent) is no storm: the usual backoff, for it and what follows.
+	b = newBackoff(minB, maxB)
+	for i := range 4 {
+		err := io.ErrUnexpectedEOF
+		if i == 0 {
+			err = fmt.Errorf("control session ended: %w: %w", errHubClosed, io.EOF)
+		}
+		w := b.next(err, now, now)
+		if lo := minB << i / 2; w < lo || w > minB<<i {
+			t.Errorf("replaced, attempt %d (%v): wait %s, want within [%s, %s]", i, err, w, lo, minB<<i)
+		}
+	}
+}
+
 // TestBackoffWindowCap: the window is never longer than MaxBackoff.
 func TestBackoffWindowCap(t *testing.T) {
 	b := newBackoff(time.Millisecond, 50*time.Millisecond)

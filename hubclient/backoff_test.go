@@ -136,12 +136,15 @@ func (l *logLines) Write(p []byte) (int, error) {
 }
 
 // downs returns the "control session down" lines logged so far.
-func (l *logLines) downs() []map[string]any {
+func (l *logLines) downs() []map[string]any { return l.with("control session down") }
+
+// with returns the lines logged so far with message msg.
+func (l *logLines) with(msg string) []map[string]any {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []map[string]any
 	for _, m := range l.lines {
-		if m["message"] == "control session down" {
+		if m["message"] == msg {
 			out = append(out, m)
 		}
 	}

@@ -66,8 +66,9 @@ func newBase(connStr string, hubs []string, tlsCfg *tls.Config, ttl time.Duratio
 	if tlsCfg.ClientSessionCache == nil {
 		// Resume TLS sessions with the hub: each stream dials its own
 		// connections, and a resumed handshake skips the certificate
-		// signature and its verification (issue 6).
-		tlsCfg.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+		// signature and its verification (issue 6); a ticket survives a
+		// handshake that broke on the way (resume.go).
+		tlsCfg.ClientSessionCache = newSessionCache(tls.NewLRUClientSessionCache(0))
 	}
 	tr := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,

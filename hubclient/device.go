@@ -50,8 +50,10 @@ type DeviceConfig struct {
 	// handshake away), the wait is instead drawn from [0, 1 s] (closed,
 	// refusing connections) or [0, 10 s] (503, handshake turned away),
 	// at most [0, MaxBackoff], and does not grow, so that a fleet
-	// spreads its reconnects after a restart. Zero values mean 500 ms
-	// and 30 s.
+	// spreads its reconnects after a restart; any other failed attempt
+	// meanwhile (cut short, timed out, a session torn down before it was
+	// ready: the fleet's return) waits within [0, 1 s], without growing.
+	// Zero values mean 500 ms and 30 s.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 
@@ -244,11 +246,13 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 	if c.cfg.legacyFrames {
 		features = features[:1]
 	}
+	start := time.Now()
 	ws, layers, err := c.dialMux(ctx, "/devices/"+pathEscape(c.cs.DeviceID)+"/control?api-version=2020-09-30",
 		wire.ControlSubprotocol, http.Header{wire.HeaderFeatures: {strings.Join(features, ",")}}, "control session")
 	if err != nil {
 		return err
 	}
+	dialed := time.Now()
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	// The streams this session delivers run under hctx, which ends with
@@ -287,7 +291,11 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 	c.setConnected(true)
 	defer c.setConnected(false)
 	defer c.streams.Reset() // the next session may be with a restarted hub
-	c.log.Info().Str("hub", c.cs.HostName).Msg("control session up")
+	// How the session was made, for whoever follows a fleet's reconnects
+	// (issue 6): the dial (TCP, TLS, the WebSocket upgrade) and the wait
+	// for the hub's ready message, and whether TLS resumed a session.
+	c.log.Info().Str("hub", c.cs.HostName).Bool("tls_resumed", tlsResumed(layers)).
+		Dur("dial", dialed.Sub(start)).Dur("ready", time.Since(dialed)).Msg("control session up")
 
 	for {
 		st, err := mux.AcceptStream()
@@ -301,7 +309,7 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 			lost = !errors.Is(err, io.EOF) && !wsmux.PeerClosed(nc, peerCloseWait)
 			if lost {
 				stop() // a lost hub never answers the close handshake: cut the connection
-				return fmt.Errorf("control session ended: %w", err)
+				return fmt.Errorf("control session ended: %w: %w", errSessionLost, err)
 			}
 			// The hub ended the session on purpose (shutting down, a newer
 			// session): the reconnect spreads over a window (backoff.go).
@@ -315,6 +323,16 @@ func (c *DeviceClient) session(ctx context.Context, handlers *sync.WaitGroup) er
 			c.serve(hctx, st, addrs)
 		}()
 	}
+}
+
+// tlsResumed reports whether the TLS connection under layers resumed a
+// session (a ticket from an earlier connection, no certificate).
+func tlsResumed(layers *streamLayers) bool {
+	if layers == nil || layers.plain == nil {
+		return false
+	}
+	tc, ok := layers.plain.Conn.(*tls.Conn)
+	return ok && tc.ConnectionState().DidResume
 }
 
 // peerCloseWait bounds how long a control session that ended with an error

@@ -124,7 +124,7 @@ func (c *SessionClient) Run(ctx context.Context) error {
 // redial runs session until ctx ends, again each time it returns, waiting
 // between runs as backoff chooses (backoff.go): exponential backoff from
 // minB to maxB with jitter after a failure (the wait starts over after a
-// run that lasted longer than maxB), and full jitter over a window that
+// session that was up for longer than maxB), and full jitter over a window that
 // does not grow while the hub is away on purpose (restarting, shutting
 // down, turning handshakes away). It logs each failure as down. It returns
 // nil when ctx ends, and the error when the hub refuses the credential

@@ -188,6 +188,7 @@ func dialTLSWith(ctx context.Context, base *http.Transport, network, addr string
 	}
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
+		restoreTicket(cfg, cfg.ServerName, err) // crypto/tls's cache key
 		return nil, offered, fmt.Errorf("tls handshake with %s: %w", addr, err)
 	}
 	if offered && !tc.ConnectionState().DidResume {

@@ -34,8 +34,11 @@
 #                               [--only devices|streams] [--no-restart]
 #                               [--modes session,per-stream]
 #                               [--worktree] [--profile] [--gc-wait DURATION]
-#                               [--min-backoff DURATION]
+#                               [--min-backoff DURATION] [--sim-gogc N]
 #                               [--json FILE]
+# --sim-gogc N: the simulator's GOGC during the restart (scaletool's
+# --restart-gogc; default 400, -1 leaves Go's 100): the simulated fleet
+# shares one heap, which real devices do not.
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
 #   SCALETOOL_BIN the scaletool binary (default: built from HEAD): the
@@ -45,7 +48,10 @@
 # --profile runs the hub as `scaletool hub` (the same hub package in the
 # tool's process, with net/http/pprof on another loopback port) and keeps
 # its heap profiles (after a GC) and goroutines before and after each row
-# in JSON_FILE's name with -profiles instead of .json.
+# in JSON_FILE's name with -profiles instead of .json; with the restart,
+# also CPU profiles of the restarted hub (hub-restart.cpu, from its start
+# until it stops) and of the simulator (simulator-restart.cpu, from the
+# ready file until the fleet is back).
 #
 # Needs: bash, coreutils, Go, curl or a bash with /dev/tcp, python3 or perl
 # (free ports), and a hard `ulimit -n` above both counts (the hub holds one
@@ -61,6 +67,7 @@ RESTART=1
 WORKTREE=
 PROFILE=
 MIN_BACKOFF=
+SIM_GOGC=
 JSON_OUT=bench-scale-results.json
 
 usage() {
@@ -79,6 +86,7 @@ while (($# > 0)); do
 	--profile) PROFILE=1; shift ;;
 	--gc-wait) GC_WAIT=${2:?}; shift 2 ;;
 	--min-backoff) MIN_BACKOFF=${2:?}; shift 2 ;;
+	--sim-gogc) SIM_GOGC=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	-h | --help) usage ;;
 	*) printf 'bench-scale: unknown argument %q\n' "$1" >&2; usage ;;
@@ -181,7 +189,9 @@ if want_row devices; then
 	ARGS=(devices --hub-cs "$HUB_DIR/iothubowner.connection-string" --ca-file "$HUB_DIR/tls/ca.pem"
 		--n "$DEVICES" --hub-pid-file "$WORK/hub.pid" --gc-wait "$GC_WAIT")
 	[[ -z $PROFILE ]] || ARGS+=(--hub-data-dir "$HUB_DIR" --profile-dir "$PROFILE_DIR")
+	[[ -z $PROFILE || -z $RESTART ]] || ARGS+=(--cpu-profile "$PROFILE_DIR/simulator-restart.cpu")
 	[[ -z $MIN_BACKOFF ]] || ARGS+=(--min-backoff "$MIN_BACKOFF")
+	[[ -z $SIM_GOGC ]] || ARGS+=(--restart-gogc "$SIM_GOGC")
 	if [[ -n $RESTART ]]; then
 		ARGS+=(--restart --ready-file "$WORK/ready" --hub-exited-file "$WORK/hub-exited" --hub-started-file "$WORK/hub-started")
 	fi
@@ -208,8 +218,10 @@ if want_row devices; then
 		log "the hub stopped $(secs_since "$t0") s after SIGTERM"
 		now_ns >"$WORK/hub-exited"
 		now_ns >"$WORK/hub-started"
+		RESTARTED_FLAGS=("${HUB_FLAGS[@]}")
+		[[ -z $PROFILE ]] || RESTARTED_FLAGS+=(--cpu-profile "$PROFILE_DIR/hub-restart.cpu")
 		start dsproxy-hub-devices-restarted "$HUB_BIN" hub --listen "127.0.0.1:$DEV_HUB_PORT" --hostname 127.0.0.1 \
-			--data-dir "$HUB_DIR" "${HUB_FLAGS[@]}"
+			--data-dir "$HUB_DIR" "${RESTARTED_FLAGS[@]}"
 		echo "${PROC_PID[dsproxy-hub-devices-restarted]}" >"$WORK/hub.pid"
 	fi
 	SIM_RC=0

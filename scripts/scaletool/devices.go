@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -57,7 +58,7 @@ type devicesResult struct {
 type restartResult struct {
 	// Times are seconds from the first session drop the fleet saw.
 	HubDownSeconds float64 `json:"hubDownSeconds"` // the hub's /healthz first failed
-	HubUpSeconds   float64 `json:"hubUpSeconds"`   // and first answered again
+	HubUpSeconds   float64 `json:"hubUpSeconds"`   // and first answered again (zero: not before the fleet was back)
 	// HubExitedSeconds and HubStartedSeconds are when the old hub process
 	// had exited and the new one was started, as the script recorded
 	// them (zero when it did not).
@@ -90,6 +91,54 @@ type restartResult struct {
 	SimCPUSeconds float64  `json:"simulatorCPUSeconds"`
 	Examples      []string `json:"examples,omitempty"` // a few errors of each class but "refused", as logged
 	HubGauge      float64  `json:"hubConnectedDevices"`
+
+	// TLS counts the reconnects' handshakes that resumed a TLS session
+	// and those that did not, as the devices logged them and as the new
+	// hub counted them (its metrics; zero from a hub without them), and
+	// the hub's mean wait for a handshake slot.
+	TLS struct {
+		ClientResumed int     `json:"clientResumed"`
+		ClientFull    int     `json:"clientFull"`
+		HubResumed    float64 `json:"hubResumed"`
+		HubFull       float64 `json:"hubFull"`
+		HubWaitMeanMS float64 `json:"hubWaitMeanMs"`
+	} `json:"tls"`
+	// Where is where the devices' time back went, over all of them and
+	// over the slowest 1 %; Late says what happened to the slowest.
+	Where struct {
+		All     timeSplit `json:"all"`
+		Slowest timeSplit `json:"slowest1pct"`
+	} `json:"where"`
+	Late lateReport `json:"late"`
+}
+
+// timeSplit is where a set of devices' time back went, as means in
+// seconds: Closing, from the fleet's first drop to the device's own (the
+// old hub closes sessions one after another); Backoff, the waits between
+// attempts; Failed, the attempts that failed, all classes; Attempt, the
+// one that succeeded. Closing + Backoff + Failed + Attempt = Back, the
+// mean time back (an attempt is timed from the end of the wait its
+// predecessor logged). The successful attempt, as the devices log it:
+// Dial, TCP, TLS (with the hub's admission queue) and the WebSocket
+// upgrade; Ready, the wait for the hub's ready message.
+type timeSplit struct {
+	N       int     `json:"n"`
+	Back    float64 `json:"back"`
+	Closing float64 `json:"closing"`
+	Backoff float64 `json:"backoff"`
+	Failed  float64 `json:"failed"`
+	Attempt float64 `json:"attempt"`
+	Dial    float64 `json:"dial"`
+	Ready   float64 `json:"ready"`
+}
+
+// lateReport is what happened to the slowest 1 % of the devices: their
+// failed attempts by class, the longest wait any of them chose, and the
+// attempts of a few of them in order.
+type lateReport struct {
+	Failures  map[string]int `json:"failures"`
+	MaxWait   float64        `json:"maxWaitSeconds"`
+	Timelines []string       `json:"timelines,omitempty"`
 }
 
 func devicesCmd(ctx context.Context, args []string) error {
@@ -114,6 +163,7 @@ func devicesCmd(ctx context.Context, args []string) error {
 	minBackoff := fs.Duration("min-backoff", 0, "the devices' MinBackoff (0: the client's default, 500 ms): the first reconnect waits a random time in its upper half")
 	cpuProfile := fs.String("cpu-profile", "", "`FILE` for a CPU profile of the simulator itself during the restart (from the ready file until all are back)")
 	keepalive := fs.Duration("keepalive", 15*time.Second, "the devices' keepalive interval (the default of dsproxy device)")
+	restartGOGC := fs.Int("restart-gogc", 400, "the simulator's GOGC during the restart (-1: leave it); see simulatorGOGC")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -266,7 +316,7 @@ func devicesCmd(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		rr, err := measureRestart(ctx, fleet, hm, cs.HostName, *caFile, *readyFile, *restartTimeout)
+		rr, err := measureRestart(ctx, fleet, hm, cs.HostName, *caFile, *readyFile, *restartTimeout, *restartGOGC)
 		if perr := stopProfile(); err == nil {
 			err = perr
 		}
@@ -354,8 +404,21 @@ func deviceID(prefix string, i int) string { return fmt.Sprintf("%s%05d", prefix
 
 // measureRestart signals readiness through readyFile, then follows the
 // fleet through the hub's restart: the drop, the hub down and up again
-// (polling /healthz), and every device back.
-func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, caFile, readyFile string, timeout time.Duration) (*restartResult, error) {
+// (polling /healthz), and every device back. With gogc ≥ 0 the
+// simulator runs the restart with that GOGC (simulatorGOGC).
+//
+// simulatorGOGC: the fleet's 19,900 clients share one heap here (600 MB
+// live and more), which every GC cycle marks; with the default GOGC of
+// 100 the reconnect storm's allocations ran a cycle every few seconds,
+// 15 % of the simulator's CPU in the restart, taken from the hub's two
+// cores. A real device collects only its own few kilobytes. A higher
+// GOGC during the restart alone (the memory figures are read before it)
+// cuts that overhead of the simulation, at the cost of more of the
+// machine's memory (up to about (1 + GOGC/100) × the live heap).
+func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, caFile, readyFile string, timeout time.Duration, gogc int) (*restartResult, error) {
+	if gogc >= 0 {
+		defer debug.SetGCPercent(debug.SetGCPercent(gogc))
+	}
 	fleet.markRestart()
 	cpu0, err := readCPU(os.Getpid())
 	if err != nil {
@@ -383,6 +446,13 @@ func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, 
 		case ok && !hubDown.IsZero():
 			hubUp = time.Now()
 		}
+		if hubUp.IsZero() && !hubDown.IsZero() && fleet.back() == fleet.n {
+			// The fleet is back before a probe got through: each waits
+			// 2 s at most, and in the storm the hub's handshake queue is
+			// longer. The hub is up; when, the fleet's times say.
+			progress("the fleet is back; /healthz did not answer a probe meanwhile")
+			break
+		}
 		if hubUp.IsZero() {
 			select {
 			case <-ctx.Done():
@@ -404,8 +474,13 @@ func measureRestart(ctx context.Context, fleet *fleet, hm *hubMetrics, hubAddr, 
 	if cpu1, err := readCPU(os.Getpid()); err == nil {
 		rr.SimCPUSeconds = (cpu1 - cpu0).Seconds()
 	}
-	if v, err := hm.gauge(ctx, "dsproxy_hub_connected_devices"); err == nil {
-		rr.HubGauge = v
+	if m, err := hm.scrape(ctx); err == nil {
+		rr.HubGauge = m["dsproxy_hub_connected_devices"]
+		// Absent from a hub that predates them: zero.
+		rr.TLS.HubFull, rr.TLS.HubResumed = m["dsproxy_hub_tls_handshakes_full_total"], m["dsproxy_hub_tls_handshakes_resumed_total"]
+		if n := rr.TLS.HubFull + rr.TLS.HubResumed; n > 0 {
+			rr.TLS.HubWaitMeanMS = m["dsproxy_hub_tls_handshake_wait_seconds_total"] / n * 1e3
+		}
 	}
 	progress("fleet back %.1fs after the drop; %d failed attempts", rr.AllBackSeconds, rr.FailureTotal)
 	return rr, nil
@@ -514,6 +589,7 @@ type fleet struct {
 	nBack      int
 	failures   map[string]int
 	perDevice  []int     // failed attempts after the drop
+	tracks     []track   // each device's way back, after its drop
 	retryWaits []float64 // seconds, after the drop
 	examples   []string
 	exampled   map[string]int // examples kept, by class
@@ -522,7 +598,7 @@ type fleet struct {
 func newFleet(n int) *fleet {
 	return &fleet{
 		n: n, up: make([]bool, n), dropped: make([]bool, n), backAt: make([]time.Time, n),
-		perDevice: make([]int, n), failures: make(map[string]int),
+		perDevice: make([]int, n), tracks: make([]track, n), failures: make(map[string]int),
 	}
 }
 
@@ -536,11 +612,36 @@ type deviceLog struct {
 	i int
 }
 
-// logLine is the part of a DeviceClient log line the fleet reads.
+// logLine is the part of a DeviceClient log line the fleet reads. Dial
+// and Ready are milliseconds (zerolog's durations), on "control session
+// up" from clients that log them.
 type logLine struct {
-	Message string `json:"message"`
-	Error   string `json:"error"`
-	RetryIn string `json:"retry_in"`
+	Message    string   `json:"message"`
+	Error      string   `json:"error"`
+	RetryIn    string   `json:"retry_in"`
+	TLSResumed *bool    `json:"tls_resumed"`
+	Dial       *float64 `json:"dial"`
+	Ready      *float64 `json:"ready"`
+}
+
+// attempt is one of a device's attempts after its drop: its failure
+// class ("" for the one that succeeded), how long it took and the wait
+// that followed (seconds).
+type attempt struct {
+	class      string
+	took, wait float64
+}
+
+// track is one device's way back after its drop.
+type track struct {
+	droppedAt time.Time // its session ended
+	dropWait  float64   // the wait chosen then (seconds)
+	lastAt    time.Time // its last attempt ended (or the drop)
+	lastWait  float64   // the wait chosen then (seconds)
+	attempts  []attempt
+	dial      float64 // the successful attempt's phases (seconds), when logged
+	ready     float64
+	resumed   *bool
 }
 
 func (l *deviceLog) Write(p []byte) (int, error) {
@@ -565,6 +666,12 @@ func (f *fleet) event(i int, e logLine, now time.Time) {
 		if restarting && f.dropped[i] && f.backAt[i].IsZero() {
 			f.backAt[i] = now
 			f.nBack++
+			t := &f.tracks[i]
+			t.attempts = append(t.attempts, attempt{took: t.since(now)})
+			t.resumed = e.TLSResumed
+			if e.Dial != nil && e.Ready != nil {
+				t.dial, t.ready = *e.Dial/1e3, *e.Ready/1e3
+			}
 		}
 	case "control session down":
 		if f.up[i] {
@@ -574,15 +681,20 @@ func (f *fleet) event(i int, e logLine, now time.Time) {
 		if !restarting {
 			return
 		}
+		t := &f.tracks[i]
+		wait, werr := time.ParseDuration(e.RetryIn)
 		if !f.dropped[i] {
 			f.dropped[i] = true
 			if f.dropAt.IsZero() {
 				f.dropAt = now
 			}
+			t.droppedAt = now
+			t.dropWait = wait.Seconds()
 		} else {
 			class := failureClass(e.Error)
 			f.failures[class]++
 			f.perDevice[i]++
+			t.attempts = append(t.attempts, attempt{class: class, took: t.since(now), wait: wait.Seconds()})
 			if class != "refused" && f.exampled[class] < 3 {
 				if f.exampled == nil {
 					f.exampled = map[string]int{}
@@ -591,10 +703,18 @@ func (f *fleet) event(i int, e logLine, now time.Time) {
 				f.examples = append(f.examples, class+": "+e.Error)
 			}
 		}
-		if d, err := time.ParseDuration(e.RetryIn); err == nil {
-			f.retryWaits = append(f.retryWaits, d.Seconds())
+		t.lastAt, t.lastWait = now, 0
+		if werr == nil {
+			t.lastWait = wait.Seconds()
+			f.retryWaits = append(f.retryWaits, wait.Seconds())
 		}
 	}
+}
+
+// since is how long the attempt that ended at now took: it began when
+// the wait chosen after the previous one was over.
+func (t *track) since(now time.Time) float64 {
+	return max(now.Sub(t.lastAt).Seconds()-t.lastWait, 0)
 }
 
 // failureClass sorts a failed connection attempt by its logged error. The
@@ -668,7 +788,10 @@ func (f *fleet) restartReport(hubDown, hubUp time.Time) *restartResult {
 	if f.nBack == f.n {
 		rr.AllBackSeconds = since(last)
 	}
-	rr.HubDownSeconds, rr.HubUpSeconds = since(hubDown), since(hubUp)
+	rr.HubDownSeconds = since(hubDown)
+	if !hubUp.IsZero() {
+		rr.HubUpSeconds = since(hubUp) // zero: no probe got through before the fleet was back
+	}
 	rr.Histogram = histogram(back, 1)
 	rr.Reconnect = summarize(back)
 	attempts := make([]float64, 0, f.n)
@@ -680,7 +803,76 @@ func (f *fleet) restartReport(hubDown, hubUp time.Time) *restartResult {
 	}
 	rr.Attempts = summarize(attempts)
 	rr.RetryWaits = summarize(slices.Clone(f.retryWaits))
+	f.whereReport(rr)
 	return rr
+}
+
+// whereReport fills rr's TLS counts (the clients' side), Where and Late
+// from the devices' tracks. f.mu must be held.
+func (f *fleet) whereReport(rr *restartResult) {
+	var order []int // the devices back, slowest last
+	for i, t := range f.backAt {
+		if t.IsZero() {
+			continue
+		}
+		order = append(order, i)
+		if r := f.tracks[i].resumed; r != nil && *r {
+			rr.TLS.ClientResumed++
+		} else if r != nil {
+			rr.TLS.ClientFull++
+		}
+	}
+	slices.SortFunc(order, func(a, b int) int { return f.backAt[a].Compare(f.backAt[b]) })
+	rr.Where.All = f.split(order)
+	slowest := order[len(order)-max(len(order)/100, min(len(order), 1)):]
+	rr.Where.Slowest = f.split(slowest)
+	rr.Late.Failures = map[string]int{}
+	for k, i := range slices.Backward(slowest) {
+		t := &f.tracks[i]
+		line := fmt.Sprintf("%s back at %.1fs, dropped at %.1fs:", deviceID("#", i), f.backAt[i].Sub(f.dropAt).Seconds(), t.droppedAt.Sub(f.dropAt).Seconds())
+		for _, a := range t.attempts {
+			if a.class != "" {
+				rr.Late.Failures[a.class]++
+				rr.Late.MaxWait = max(rr.Late.MaxWait, a.wait)
+				line += fmt.Sprintf(" %s %.1fs, wait %.1fs;", a.class, a.took, a.wait)
+			} else {
+				line += fmt.Sprintf(" up %.1fs (dial %.1fs, ready %.1fs)", a.took, t.dial, t.ready)
+			}
+		}
+		if len(slowest)-k <= 5 {
+			rr.Late.Timelines = append(rr.Late.Timelines, line)
+		}
+	}
+}
+
+// split sums up where the devices' time back went (see timeSplit).
+// f.mu must be held.
+func (f *fleet) split(devices []int) timeSplit {
+	s := timeSplit{N: len(devices)}
+	if len(devices) == 0 {
+		return s
+	}
+	for _, i := range devices {
+		t := &f.tracks[i]
+		s.Back += f.backAt[i].Sub(f.dropAt).Seconds()
+		s.Closing += t.droppedAt.Sub(f.dropAt).Seconds()
+		s.Dial += t.dial
+		s.Ready += t.ready
+		for _, a := range t.attempts {
+			s.Backoff += a.wait
+			if a.class != "" {
+				s.Failed += a.took
+			} else {
+				s.Attempt += a.took
+			}
+		}
+		s.Backoff += t.dropWait
+	}
+	n := float64(len(devices))
+	for _, p := range []*float64{&s.Back, &s.Closing, &s.Backoff, &s.Failed, &s.Attempt, &s.Dial, &s.Ready} {
+		*p /= n
+	}
+	return s
 }
 
 // startCPUProfile profiles this process's CPU into file until the returned

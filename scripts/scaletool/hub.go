@@ -42,6 +42,7 @@ func hubCmd(ctx context.Context, args []string) error {
 	pending := fs.Int("max-pending-handshakes", def.MaxPendingHandshakes, "streams whose two sides have not both connected")
 	rate := fs.Float64("stream-rate", def.StreamRate, "new streams per second per policy")
 	burst := fs.Int("stream-burst", def.StreamBurst, "burst of new streams per policy")
+	cpuProfile := fs.String("cpu-profile", "", "`FILE` for a CPU profile of the hub from its start until it stops")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,7 +85,17 @@ func hubCmd(ctx context.Context, args []string) error {
 	ps := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- ps.Serve(pln) }()
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		ps.Close()
+		<-served
+		srv.Close()
+		return err
+	}
 	err = srv.Run(ctx)
+	if perr := stopProfile(); err == nil {
+		err = perr
+	}
 	ps.Close()
 	if perr := <-served; !errors.Is(perr, http.ErrServerClosed) && err == nil {
 		err = perr

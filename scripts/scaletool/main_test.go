@@ -221,7 +221,8 @@ func TestFleetRestart(t *testing.T) {
 	if f.back() != 2 {
 		t.Fatalf("back = %d, want 2", f.back())
 	}
-	f.event(2, up, at(10.7))
+	resumed, dial, ready := true, 100.0, 50.0
+	f.event(2, logLine{Message: "control session up", TLSResumed: &resumed, Dial: &dial, Ready: &ready}, at(10.7))
 	rr := f.restartReport(at(10.05), at(11))
 	if rr.Back != 3 || f.back() != 3 {
 		t.Errorf("back = %d, want 3", rr.Back)
@@ -254,6 +255,29 @@ func TestFleetRestart(t *testing.T) {
 	if want := []int{1, 1, 0, 1}; !slices.Equal(rr.Histogram, want) {
 		t.Errorf("histogram %v, want %v", rr.Histogram, want)
 	}
+	// Where the time went: device 0 waited 0.3 + 0.8 + 1.6 s, failed
+	// twice for 0.2 s each, and its last attempt took 0.4 s; device 1
+	// dropped 0.1 s late, waited 0.45 + 0.9 s, failed for 0.05 s, then
+	// 0.1 s; device 2 dropped 0.2 s late, waited 0.25 s, then 0.25 s.
+	all := rr.Where.All
+	want := timeSplit{N: 3, Back: 5.8 / 3, Closing: 0.1, Backoff: 4.3 / 3, Failed: 0.45 / 3, Attempt: 0.25, Dial: 0.1 / 3, Ready: 0.05 / 3}
+	if !nearSplit(all, want) {
+		t.Errorf("where, all: %+v, want %+v", all, want)
+	}
+	if s := rr.Where.Slowest; s.N != 1 || !near(s.Back, 3.5) || !near(s.Backoff, 2.7) {
+		t.Errorf("where, slowest: %+v, want device 0 alone", s)
+	}
+	if rr.Late.Failures["refused"] != 2 || rr.Late.MaxWait != 1.6 || len(rr.Late.Timelines) != 1 {
+		t.Errorf("late: %+v, want device 0's two refusals, a 1.6 s wait", rr.Late)
+	}
+	if rr.TLS.ClientResumed != 1 || rr.TLS.ClientFull != 0 {
+		t.Errorf("TLS resumed %d, full %d, want 1 and 0 (two devices did not say)", rr.TLS.ClientResumed, rr.TLS.ClientFull)
+	}
+}
+
+func nearSplit(a, b timeSplit) bool {
+	return a.N == b.N && near(a.Back, b.Back) && near(a.Closing, b.Closing) && near(a.Backoff, b.Backoff) &&
+		near(a.Failed, b.Failed) && near(a.Attempt, b.Attempt) && near(a.Dial, b.Dial) && near(a.Ready, b.Ready)
 }
 
 func near(a, b float64) bool { return a-b < 1e-6 && b-a < 1e-6 }

@@ -161,6 +161,16 @@ func writeTable(w io.Writer, r scaleRun) {
 			fmt.Fprintf(w, "| | failed attempts (by class) | %d %s | | |\n", rr.FailureTotal, classes(rr.Failures))
 			fmt.Fprintf(w, "| | failed attempts per device p50 / p99 / max | %.0f / %.0f / %.0f | | |\n", rr.Attempts.P50, rr.Attempts.P99, rr.Attempts.Max)
 			fmt.Fprintf(w, "| | devices back per 5 s since the drop | %s | | |\n", histString(rebucket(rr.Histogram, 5), 5))
+			fmt.Fprintf(w, "| | TLS resumed / full: devices' view; hub's view; hub's mean wait for a slot | %d / %d; %.0f / %.0f; %.0f ms | | |\n",
+				rr.TLS.ClientResumed, rr.TLS.ClientFull, rr.TLS.HubResumed, rr.TLS.HubFull, rr.TLS.HubWaitMeanMS)
+			for _, x := range []struct {
+				name string
+				s    timeSplit
+			}{{"all", rr.Where.All}, {"slowest 1 %", rr.Where.Slowest}} {
+				fmt.Fprintf(w, "| | time back, %s (mean s): closing + backoff + failed attempts + last attempt (its dial, ready) | %.1f = %.1f + %.1f + %.1f + %.1f (%.1f, %.1f) | | |\n",
+					x.name, x.s.Back, x.s.Closing, x.s.Backoff, x.s.Failed, x.s.Attempt, x.s.Dial, x.s.Ready)
+			}
+			fmt.Fprintf(w, "| | slowest 1 %%: failed attempts (by class), longest wait | %s, %.1f s | | |\n", classes(rr.Late.Failures), rr.Late.MaxWait)
 		}
 	}
 	for _, s := range r.Streams {
