@@ -23,8 +23,9 @@ import (
 // the attempt cost the hub:
 //   - nothing, or next to nothing: the hub closed a session that had been
 //     up a while (longer than MaxBackoff) with a close frame, or nothing
-//     listens while it restarts (the kernel refuses the connection). The window is awayFirst: one device, or a small fleet,
-//     is back within a second of the hub.
+//     listens while it restarts (the kernel refuses the connection). The
+//     window is awayFirst: one device, or a small fleet, is back within a
+//     second of the hub.
 //   - the hub was busy: it answered 503, or its handshake admission
 //     refused the attempt with a TLS alert after it waited in line
 //     (hub/handshake.go). The window is awayWindow (or MaxBackoff, when
