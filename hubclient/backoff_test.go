@@ -10,11 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/dsproxy/dsproxy/hub"
-	"github.com/dsproxy/dsproxy/hub/certs"
-
 	"github.com/dsproxy/dsproxy/hubclient"
 	"github.com/dsproxy/dsproxy/internal/dsproxytest"
 	"github.com/dsproxy/dsproxy/internal/sas"
@@ -159,76 +154,9 @@ func (l *logLines) with(msg string) []map[string]any {
 // time.
 func TestReconnectAfterHubShutdown(t *testing.T) {
 	const minB, maxB = 5 * time.Millisecond, 400 * time.Millisecond
-	cfg := hub.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	cfg.HostNames = []string{"127.0.0.1"}
-	cfg.ShutdownGrace = 0
-	cfg.Logger = dsproxytest.Logger(t).With().Str("role", "hub").Logger()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := hub.New(cfg, ln)
-	if err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
-	hubCtx, stopHub := context.WithCancel(context.Background())
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- srv.Run(hubCtx) }()
-	stopped := false
-	waitHub := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		stopHub()
-		select {
-		case err := <-hubDone:
-			if err != nil {
-				t.Errorf("hub Run: %v", err)
-			}
-		case <-time.After(dsproxytest.WaitTimeout):
-			t.Fatal("hub did not stop")
-		}
-	}
-	t.Cleanup(waitHub)
-
-	clientTLS, err := certs.ClientConfig(srv.CAPEM())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, err := hubclient.NewServiceClient(hubclient.ServiceConfig{ConnectionString: srv.OwnerConnectionString(), TLSConfig: clientTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), dsproxytest.WaitTimeout)
-	defer cancel()
-	d, err := sc.CreateDevice(ctx, "dev1")
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	logs := &logLines{}
-	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{
-		ConnectionString: sc.DeviceConnectionString(d),
-		TLSConfig:        clientTLS,
-		MinBackoff:       minB,
-		MaxBackoff:       maxB,
-		Logger:           zerolog.New(logs),
-	}, func(_ context.Context, r *hubclient.StreamRequest) { _ = r.Reject("idle") })
-	if err != nil {
-		t.Fatal(err)
-	}
-	devCtx, stopDev := context.WithCancel(context.Background())
-	devDone := make(chan error, 1)
-	go func() { devDone <- dc.Run(devCtx) }()
-	t.Cleanup(func() {
-		stopDev()
-		if err := <-devDone; err != nil {
-			t.Errorf("device Run: %v", err)
-		}
+	srv, _, waitHub := runHubAt(t, t.TempDir(), "127.0.0.1:0")
+	logs, dc := runLoggedDevice(t, srv, func(c *hubclient.DeviceConfig) {
+		c.MinBackoff, c.MaxBackoff = minB, maxB
 	})
 	select {
 	case <-dc.Connected():

@@ -56,14 +56,12 @@ func runHubAt(t *testing.T, dataDir, addr string) (srv *hub.Server, bound string
 	return srv, ln.Addr().String(), stop
 }
 
-// TestReconnectResumesTLS: after a hub restart on the same data
-// directory, the device's reconnect resumes its TLS session (the hub's
-// ticket keys survive the restart, the client keeps its session cache),
-// and the device says so when its session is up, with how long the dial
-// and the wait for the hub's ready message took.
-func TestReconnectResumesTLS(t *testing.T) {
-	dir := t.TempDir()
-	srv, addr, stop := runHubAt(t, dir, "127.0.0.1:0")
+// runLoggedDevice registers the device "dev1" on srv and runs an agent for
+// it that rejects every stream and logs into the returned lines;
+// configure, when not nil, adjusts its configuration. The agent stops at
+// cleanup.
+func runLoggedDevice(t *testing.T, srv *hub.Server, configure func(*hubclient.DeviceConfig)) (*logLines, *hubclient.DeviceClient) {
+	t.Helper()
 	clientTLS, err := certs.ClientConfig(srv.CAPEM())
 	if err != nil {
 		t.Fatal(err)
@@ -81,11 +79,15 @@ func TestReconnectResumesTLS(t *testing.T) {
 	}
 
 	logs := &logLines{}
-	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{
+	cfg := hubclient.DeviceConfig{
 		ConnectionString: sc.DeviceConnectionString(d),
 		TLSConfig:        clientTLS,
 		Logger:           zerolog.New(logs),
-	}, func(_ context.Context, r *hubclient.StreamRequest) { _ = r.Reject("idle") })
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	dc, err := hubclient.NewDeviceClient(cfg, func(_ context.Context, r *hubclient.StreamRequest) { _ = r.Reject("idle") })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +100,18 @@ func TestReconnectResumesTLS(t *testing.T) {
 			t.Errorf("device Run: %v", err)
 		}
 	})
+	return logs, dc
+}
+
+// TestReconnectResumesTLS: after a hub restart on the same data
+// directory, the device's reconnect resumes its TLS session (the hub's
+// ticket keys survive the restart, the client keeps its session cache),
+// and the device says so when its session is up, with how long the dial
+// and the wait for the hub's ready message took.
+func TestReconnectResumesTLS(t *testing.T) {
+	dir := t.TempDir()
+	srv, addr, stop := runHubAt(t, dir, "127.0.0.1:0")
+	logs, _ := runLoggedDevice(t, srv, nil)
 	waitUp := func(n int) map[string]any {
 		t.Helper()
 		var up []map[string]any
