@@ -32,7 +32,12 @@ func TestIdleSessionGoroutines(t *testing.T) {
 }
 
 // hubGoroutines counts the goroutines that run code of package hub.
-func hubGoroutines() int {
+func hubGoroutines() int { return goroutinesIn("github.com/dsproxy/dsproxy/hub.") }
+
+// goroutinesIn counts the goroutines with a frame whose function name
+// starts with prefix (a frame of the code itself, not of the one that
+// created the goroutine).
+func goroutinesIn(prefix string) int {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -44,9 +49,8 @@ func hubGoroutines() int {
 	}
 	count := 0
 	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
-		// A frame of the package, not of the one that created it.
 		for line := range bytes.SplitSeq(g, []byte("\n")) {
-			if bytes.HasPrefix(line, []byte("github.com/dsproxy/dsproxy/hub.")) {
+			if bytes.HasPrefix(line, []byte(prefix)) {
 				count++
 				break
 			}

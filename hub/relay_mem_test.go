@@ -1,9 +1,7 @@
 package hub_test
 
 import (
-	"bytes"
 	"fmt"
-	"runtime"
 	"testing"
 
 	"github.com/dsproxy/dsproxy/hubclient"
@@ -49,24 +47,4 @@ func TestPairedStreamGoroutines(t *testing.T) {
 }
 
 // relayGoroutines counts the goroutines that run a relay's code.
-func relayGoroutines() int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	count := 0
-	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
-		for line := range bytes.SplitSeq(g, []byte("\n")) {
-			if bytes.HasPrefix(line, []byte("github.com/dsproxy/dsproxy/hub.(*relayRun).")) {
-				count++
-				break
-			}
-		}
-	}
-	return count
-}
+func relayGoroutines() int { return goroutinesIn("github.com/dsproxy/dsproxy/hub.(*relayRun).") }
