@@ -23,8 +23,10 @@ import (
 // full handshake: the hub's certificate and signature, the client's
 // verification, on both sides' CPUs exactly when they are short of it.
 // So a ticket that a failed handshake removed is put back when the
-// failure says that the connection broke or timed out (restore), never
-// when the hub answered with an alert, which may be about the ticket.
+// failure says that the connection broke or timed out, or that the hub's
+// admission turned the handshake away before reading it (restore); never
+// when the hub answered with another alert, which may be about the
+// ticket.
 // TLS 1.3 resumption keeps its fresh key exchange, so a ticket offered
 // again costs no forward secrecy.
 type sessionCache struct {
@@ -56,8 +58,9 @@ func (c *sessionCache) Put(key string, cs *tls.ClientSessionState) {
 }
 
 // restore puts back the ticket under key that the handshake failing with
-// err removed, when err says the connection broke or timed out, and no
-// other handshake has stored one since. Either way the ticket set aside
+// err removed, when err says the connection broke or timed out or the hub
+// turned the handshake away unread (turnedAway), and no other handshake
+// has stored one since. Either way the ticket set aside
 // is forgotten.
 func (c *sessionCache) restore(key string, err error) {
 	c.mu.Lock()
@@ -67,7 +70,7 @@ func (c *sessionCache) restore(key string, err error) {
 		return
 	}
 	delete(c.dropped, key)
-	if _, held := c.ClientSessionCache.Get(key); !held && brokeOnTheWay(err) {
+	if _, held := c.ClientSessionCache.Get(key); !held && (brokeOnTheWay(err) || turnedAway(err)) {
 		c.ClientSessionCache.Put(key, old)
 	}
 }
@@ -86,6 +89,18 @@ func brokeOnTheWay(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, context.Canceled) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// turnedAway reports whether err is the hub's "internal error" alert:
+// crypto/tls's answer when the hub's handshake admission refuses a
+// handshake from GetConfigForClient (hub/handshake.go), before the hub
+// has looked at the ticket. A server that rejects a ticket never says so
+// with an alert (it falls back to a full handshake), so offering it again
+// is sound; without this, every device the admission turned away in a
+// reconnect storm paid a full handshake on its next attempt (issue 6).
+func turnedAway(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error" && oe.Err != nil && oe.Err.Error() == "tls: internal error"
 }
 
 // restoreTicket is restore for the cache of cfg, when it is a

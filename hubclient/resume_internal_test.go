@@ -11,9 +11,10 @@ import (
 )
 
 // TestSessionCacheRestore: a ticket that crypto/tls dropped after a failed
-// handshake is put back when the connection only broke or timed out, and
-// stays dropped when the hub answered with an alert or a newer ticket
-// came meanwhile.
+// handshake is put back when the connection only broke or timed out or
+// the hub's admission turned the handshake away (a real refusal from
+// GetConfigForClient), and stays dropped when the hub answered with
+// another alert or a newer ticket came meanwhile.
 func TestSessionCacheRestore(t *testing.T) {
 	const key = "hub.example"
 	alert := &net.OpError{Op: "remote error", Err: fmt.Errorf("tls: decrypt error")}
@@ -26,6 +27,7 @@ func TestSessionCacheRestore(t *testing.T) {
 		{"reset", &net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, true},
 		{"deadline", &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, true},
 		{"alert", alert, false},
+		{"admission's alert", tlsRefusal(t), true},
 		{"other", fmt.Errorf("tls: server selected unadvertised ALPN protocol"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
