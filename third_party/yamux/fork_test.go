@@ -530,3 +530,75 @@ func echoOnce(s *Session, id, size int) error {
 	}
 	return nil
 }
+
+// failingWrites is a connection whose writes fail once fail is set, while
+// its reads go on.
+type failingWrites struct {
+	io.ReadWriteCloser
+	fail chan struct{}
+}
+
+func (c *failingWrites) Write(p []byte) (int, error) {
+	select {
+	case <-c.fail:
+		return 0, errors.New("connection broke")
+	default:
+		return c.ReadWriteCloser.Write(p)
+	}
+}
+
+// TestReadWindowUpdateFails: a read of data already received returns it
+// without an error when the window update it sends cannot be written
+// because the connection broke; the session ends, and a later read
+// reports that. (Upstream passed the write's error on with the data: a
+// sender that closed its session right after its last frame made the
+// receiver's last read fail, as in TestHalfCloseSessionShutdown.)
+func TestReadWindowUpdateFails(t *testing.T) {
+	clientConn, serverConn := testConnPipe(t)
+	fw := &failingWrites{ReadWriteCloser: serverConn, fail: make(chan struct{})}
+	client, server := testClientServerConfig(t, clientConn, fw, testConfNoKeepAlive(), testConfNoKeepAlive())
+
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int(client.config.MaxStreamWindowSize) // enough for an update
+	data := bytes.Repeat([]byte{7}, size)
+	if _, err := st.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	st2, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitBuffered(t, st2, size)
+	close(fw.fail)
+	buf := make([]byte, size)
+	n, err := st2.Read(buf)
+	if n != size || err != nil {
+		t.Fatalf("read: %d bytes, %v; want %d, nil", n, err, size)
+	}
+	select {
+	case <-server.CloseChan():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server's session did not end after its connection broke")
+	}
+}
+
+// waitBuffered waits until st holds size bytes received and not yet read.
+func waitBuffered(t *testing.T, st *Stream, size int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st.recvLock.Lock()
+		n := st.recvLen
+		st.recvLock.Unlock()
+		if n == size {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes buffered", n, size)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -959,6 +959,12 @@ func TestHalfCloseSessionShutdown(t *testing.T) {
 		t.Fatalf("err: %v", err)
 	}
 
+	// dsproxy fork: wait until the data is buffered on the receiving side.
+	// Closing the sending session's TCP connection with the receiver's
+	// window updates unread makes the kernel reset it, which may discard
+	// data still in flight; the test is about data already received.
+	waitBuffered(t, stream2.(*Stream), int(dataSize))
+
 	// Shut down the session of the sending side. This should not cause reads
 	// to fail on the receiving side.
 	if err := client.Close(); err != nil {

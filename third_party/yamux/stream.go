@@ -115,11 +115,21 @@ func (s *Stream) Read(b []byte) (n int, err error) {
 	s.recvLock.Unlock()
 
 	// Send a window update potentially
-	err = s.sendWindowUpdate()
-	if err == ErrSessionShutdown {
-		err = nil
+	return n, readUpdateErr(s.sendWindowUpdate())
+}
+
+// readUpdateErr is the error a read returns for its window update's err.
+// Upstream passes on all but ErrSessionShutdown. dsproxy fork: a failed
+// write to the connection is the session ending as well, only not marked
+// yet (the send loop reports the error before it shuts the session down),
+// so it does not fail a read of data already received either; the next
+// read reports the end. A write timeout still fails the read: the update
+// is lost while the session goes on.
+func readUpdateErr(err error) error {
+	if err == nil || errors.Is(err, ErrConnectionWriteTimeout) {
+		return err
 	}
-	return n, err
+	return nil
 }
 
 // Next waits, as Read does, until received data is buffered, and returns
@@ -149,11 +159,7 @@ func (s *Stream) Consume(n int) error {
 	s.recvLock.Lock()
 	s.consumeLocked(nil, n)
 	s.recvLock.Unlock()
-	err := s.sendWindowUpdate()
-	if err == ErrSessionShutdown {
-		err = nil
-	}
-	return err
+	return readUpdateErr(s.sendWindowUpdate())
 }
 
 // WriteTo writes the stream's data to w until the peer closes the stream,
