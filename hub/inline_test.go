@@ -16,7 +16,7 @@ func TestSessionStreamNoTokens(t *testing.T) {
 	w := dsproxytest.NewHub(t)
 	reqs := make(chan *hubclient.StreamRequest, 1)
 	release := make(chan struct{})
-	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{ConnectionString: w.AddDevice(t, "dev1"), TLSConfig: w.ClientTLS},
+	w.RunDeviceHandler(t, w.AddDevice(t, "dev1"), nil,
 		func(ctx context.Context, req *hubclient.StreamRequest) {
 			reqs <- req
 			select {
@@ -25,14 +25,6 @@ func TestSessionStreamNoTokens(t *testing.T) {
 			}
 			req.Reject("test over")
 		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- dc.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-dc.Connected()
 
 	sc := w.SessionClient(t, w.OwnerConnectionString, nil)
 	c, err := sc.OpenStream(ctxFor(t), "dev1", "s")

@@ -113,21 +113,13 @@ func TestSessionStreamRevoked(t *testing.T) {
 func TestSessionStreamLateAccept(t *testing.T) {
 	w := dsproxytest.NewHub(t, func(c *hub.Config) { c.ResponseTimeout = 300 * time.Millisecond })
 	acc := make(chan hubclient.Stream, 1)
-	dc, err := hubclient.NewDeviceClient(hubclient.DeviceConfig{ConnectionString: w.AddDevice(t, "slow"), TLSConfig: w.ClientTLS},
+	w.RunDeviceHandler(t, w.AddDevice(t, "slow"), nil,
 		func(ctx context.Context, req *hubclient.StreamRequest) {
 			time.Sleep(time.Second)
 			if c, err := req.Accept(ctx); err == nil {
 				acc <- c
 			}
 		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- dc.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-dc.Connected()
 	sc := w.SessionClient(t, w.OwnerConnectionString, nil)
 
 	c, err := sc.OpenStream(ctxFor(t), "slow", "s")

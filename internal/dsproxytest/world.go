@@ -192,22 +192,28 @@ func (h *Hub) RunDevice(t testing.TB, connStr string, configure func(*hubclient.
 		}
 		ts = append(ts, tg)
 	}
-	log := Logger(t).With().Str("role", "device").Logger()
-	proxy, err := tunnel.NewDevice(tunnel.DeviceConfig{Targets: ts, Logger: log})
+	proxy, err := tunnel.NewDevice(tunnel.DeviceConfig{Targets: ts, Logger: Logger(t).With().Str("role", "device").Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h.RunDeviceHandler(t, connStr, configure, proxy.HandleStream)
+}
+
+// RunDeviceHandler is RunDevice with the device's stream requests going to
+// handle instead of a device proxy.
+func (h *Hub) RunDeviceHandler(t testing.TB, connStr string, configure func(*hubclient.DeviceConfig), handle hubclient.StreamHandler) *Device {
+	t.Helper()
 	cfg := hubclient.DeviceConfig{
 		ConnectionString: connStr,
 		TLSConfig:        h.ClientTLS,
 		MinBackoff:       50 * time.Millisecond,
 		MaxBackoff:       500 * time.Millisecond,
-		Logger:           log,
+		Logger:           Logger(t).With().Str("role", "device").Logger(),
 	}
 	if configure != nil {
 		configure(&cfg)
 	}
-	dc, err := hubclient.NewDeviceClient(cfg, proxy.HandleStream)
+	dc, err := hubclient.NewDeviceClient(cfg, handle)
 	if err != nil {
 		t.Fatal(err)
 	}
