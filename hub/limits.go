@@ -170,6 +170,7 @@ type idleWatch struct {
 	start   time.Time    // monotonic origin of last
 	last    atomic.Int64 // time.Since(start) at the last touch
 	fired   chan struct{}
+	onIdle  func() // when not nil, called once, on the timer's goroutine, after fired closes
 
 	mu      sync.Mutex
 	timer   *time.Timer
@@ -177,12 +178,14 @@ type idleWatch struct {
 }
 
 // watchIdle starts an idle watch for a stream that begins relaying now,
-// or returns nil when IdleStreamTimeout is off.
-func (s *Server) watchIdle() *idleWatch {
+// or returns nil when IdleStreamTimeout is off. onIdle, when not nil, is
+// called once the stream has been idle for the timeout, for a relay with
+// no goroutine to wait on expired.
+func (s *Server) watchIdle(onIdle func()) *idleWatch {
 	if s.cfg.IdleStreamTimeout <= 0 {
 		return nil
 	}
-	w := &idleWatch{timeout: s.cfg.IdleStreamTimeout, start: time.Now(), fired: make(chan struct{})}
+	w := &idleWatch{timeout: s.cfg.IdleStreamTimeout, start: time.Now(), fired: make(chan struct{}), onIdle: onIdle}
 	w.mu.Lock()
 	w.timer = time.AfterFunc(w.timeout, w.check)
 	w.mu.Unlock()
@@ -216,17 +219,29 @@ func (w *idleWatch) stop() {
 	w.timer.Stop()
 }
 
+// check fires the watch when the stream has been idle for the timeout and
+// re-arms it otherwise. onIdle runs after w.mu is released: the relay's
+// end takes its own lock, then stops the watch.
 func (w *idleWatch) check() {
+	if w.fire() && w.onIdle != nil {
+		w.onIdle()
+	}
+}
+
+// fire closes fired and reports true when the stream has been idle for the
+// timeout; otherwise it re-arms the timer for when it would next be.
+func (w *idleWatch) fire() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.stopped {
-		return
+		return false
 	}
 	quiet := time.Since(w.start) - time.Duration(w.last.Load())
 	if quiet >= w.timeout {
 		w.stopped = true
 		close(w.fired)
-		return
+		return true
 	}
 	w.timer.Reset(w.timeout - quiet)
+	return false
 }

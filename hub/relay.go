@@ -86,7 +86,7 @@ func (s *Server) newRelay(st *stream) *relayRun {
 	// A callback that comes at once waits in hold until r is complete.
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.act.idle = s.watchIdleFunc(func() { r.fire(end{from: -1, err: errIdle}) })
+	r.act.idle = s.watchIdle(func() { r.fire(end{from: -1, err: errIdle}) })
 	r.keepalive = time.AfterFunc(s.cfg.KeepAliveInterval, r.check)
 	r.stopShutdown = context.AfterFunc(s.ctx, func() { r.fire(shutdownEnd) })
 	return r
@@ -259,28 +259,6 @@ func (st *stream) halt(e end) {
 	case st.stop <- e:
 	default: // already being ended
 	}
-}
-
-// watchIdleFunc is watchIdle for a relay without a goroutine to wait on
-// the watch: f is called on a timer's goroutine once the stream has been
-// idle for the timeout (rarely twice, when a re-armed check overlaps the
-// one before it: f must be idempotent).
-func (s *Server) watchIdleFunc(f func()) *idleWatch {
-	if s.cfg.IdleStreamTimeout <= 0 {
-		return nil
-	}
-	w := &idleWatch{timeout: s.cfg.IdleStreamTimeout, start: time.Now(), fired: make(chan struct{})}
-	w.mu.Lock()
-	w.timer = time.AfterFunc(w.timeout, func() {
-		w.check()
-		select {
-		case <-w.fired:
-			f()
-		default: // re-armed, or stopped
-		}
-	})
-	w.mu.Unlock()
-	return w
 }
 
 // whyClosed returns the other pump's end instead of first when it arrives

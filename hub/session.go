@@ -224,7 +224,7 @@ func (s *Server) serveSessionStream(ctx context.Context, ss *svcSession, yst *ya
 		return
 	}
 
-	sp := &splice{s: s, ends: make(chan end, 3), idle: s.watchIdle()}
+	sp := &splice{s: s, ends: make(chan end, 3), idle: s.watchIdle(nil)}
 	defer sp.idle.stop()
 	sp.conns[sideService] = yst
 	sp.limit[sideService] = wire.FrameLimit(ss.maxFrame)
