@@ -42,12 +42,16 @@
 # and built in the work directory), so that uncommitted changes in the tree
 # do not end up in the figures; --worktree builds the tree as it is.
 #
-# Usage: scripts/bench.sh [--quick] [--worktree] [--rounds N] [--only ROWS] [--paths PATHS]
+# Usage: scripts/bench.sh [--quick] [--worktree] [--perf] [--rounds N] [--only ROWS] [--paths PATHS]
 #                         [--bytes SIZE] [--stall-bytes SIZE] [--stall-pairs N] [--conns N]
 #                         [--iperf3-time SECS] [--clients N] [--parallel-time SECS]
 #                         [--rtt-ms MS] [--rtt-conns N] [--json FILE]
 #   --quick     a smoke run: 1 round and small sizes (options after it still apply)
 #   --worktree  build the working tree as it is instead of a clean export of HEAD
+#   --perf      sample the tunnel processes with Linux perf during the upload,
+#               download and parallel runs, and split their CPU-s per GB into
+#               the kernel, the cipher and the rest of user space (needs perf,
+#               and root or kernel.perf_event_paranoid <= 1)
 # Environment:
 #   DSPROXY_BIN   the dsproxy binary to measure (default: built from HEAD)
 #   E2E_KEEP=1    keep the work directory (its path is printed)
@@ -73,6 +77,7 @@ ONLY=
 PATHS=
 JSON_OUT=bench-results.json
 WORKTREE=
+PERF=
 
 usage() {
 	sed -n '/^# Usage:/,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -95,6 +100,7 @@ while (($# > 0)); do
 	--paths) PATHS=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	--worktree) WORKTREE=1; shift ;;
+	--perf) PERF=1; shift ;;
 	-h | --help) usage ;;
 	*) printf 'bench: unknown argument %q\n' "$1" >&2; usage ;;
 	esac
@@ -224,6 +230,12 @@ if want_row iperf3 && ! command -v iperf3 >/dev/null; then
 			log "apt-get install iperf3 failed: $(tail -n 2 "$LOGS/apt-iperf3.log")"
 	fi
 	command -v iperf3 >/dev/null || skip_row iperf3 "iperf3 is not installed (apt-get install -y iperf3)"
+fi
+
+if [[ -n $PERF ]]; then
+	command -v perf >/dev/null || die "--perf: perf is not installed (Debian: apt-get install -y linux-perf)"
+	perf record -q -o "$WORK/perf-check.data" -- true >"$LOGS/perf-check.log" 2>&1 ||
+		die "--perf: perf cannot record here (root, or sysctl kernel.perf_event_paranoid=1): $(tail -n 2 "$LOGS/perf-check.log")"
 fi
 
 # The rtt row's link: sch_netem on a veth pair when the kernel has it, else
@@ -471,11 +483,13 @@ measure() {
 	[[ -z $small ]] || bytes=16MiB sbytes=8MiB pairs=1
 	local c=(--path "$path" --round "$round")
 	local cpu=(--pids "${CPU_PIDS[$path]}")
+	local split=("${cpu[@]}")
+	[[ -z $PERF ]] || split+=(--perf)
 	entry() { printf '%s:%s' "$at" "${ENTRY[$path/$1]}"; }
 	case $row in
-	upload) bt "$round" "upload $path" "$BT" throughput --row upload "${c[@]}" "${cpu[@]}" --addr "$(entry sink)" --bytes "$bytes" ;;
-	download) bt "$round" "download $path" "$BT" throughput --row download --dir down "${c[@]}" "${cpu[@]}" --addr "$(entry source)" --bytes "$bytes" ;;
-	parallel) bt "$round" "parallel $path" "$BT" throughput --row parallel --streams 4 "${c[@]}" "${cpu[@]}" --addr "$(entry sink)" --bytes "$bytes" ;;
+	upload) bt "$round" "upload $path" "$BT" throughput --row upload "${c[@]}" "${split[@]}" --addr "$(entry sink)" --bytes "$bytes" ;;
+	download) bt "$round" "download $path" "$BT" throughput --row download --dir down "${c[@]}" "${split[@]}" --addr "$(entry source)" --bytes "$bytes" ;;
+	parallel) bt "$round" "parallel $path" "$BT" throughput --row parallel --streams 4 "${c[@]}" "${split[@]}" --addr "$(entry sink)" --bytes "$bytes" ;;
 	iperf3)
 		local t=$IPERF3_TIME
 		[[ -z $small ]] || t=1
@@ -531,6 +545,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 params=(--param "rows=${ROWS[*]}")
+[[ -z $PERF ]] || params+=(--param "perf=the tunnel processes sampled with perf at 999 Hz during each upload, download and parallel run; their CPU-s per GB split by share of the samples")
 for r in "${ROWS[@]}"; do
 	case $r in
 	upload | download | parallel) params+=(--param "bytes=$BYTES per run (parallel: over 4 streams)") ;;

@@ -224,7 +224,8 @@ func parallelTransfer(ctx context.Context, addr string, dir direction, n int64, 
 
 // throughputCmd moves --bytes through --addr over --streams connections
 // and reports Gbit/s (10^9 bits) and, with --pids, the CPU seconds the
-// processes and their descendants used per GB (10^9 bytes).
+// processes and their descendants used per GB (10^9 bytes); with --perf
+// too, that CPU time split into kernel, cipher and the rest (perf.go).
 func throughputCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("throughput", flag.ExitOnError)
 	c := commonFlags(fs, "upload")
@@ -232,6 +233,7 @@ func throughputCmd(ctx context.Context, args []string) error {
 	dirFlag := fs.String("dir", "up", "up (to a sink) or down (from a source)")
 	streams := fs.Int("streams", 1, "parallel connections")
 	pids := fs.String("pids", "", "comma-separated PIDs whose CPU time (with their descendants') to measure")
+	withPerf := fs.Bool("perf", false, "also split the --pids' CPU time per GB into kernel, cipher and the rest, sampled with Linux perf")
 	fs.Parse(args)
 	if err := c.check(); err != nil {
 		return err
@@ -253,8 +255,17 @@ func throughputCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var ps *perfSplit
+	if *withPerf {
+		if ps, err = startPerf(cm.procs); err != nil {
+			return err
+		}
+	}
 	secs, err := parallelTransfer(ctx, c.addr, dir, n, *streams)
 	if err != nil {
+		if ps != nil {
+			_ = ps.stop(ctx, nil) // the transfer's error says more
+		}
 		return err
 	}
 	m := map[string]float64{
@@ -265,6 +276,11 @@ func throughputCmd(ctx context.Context, args []string) error {
 	}
 	if err := cm.done(m, float64(n)); err != nil {
 		return err
+	}
+	if ps != nil {
+		if err := ps.stop(ctx, m); err != nil {
+			return err
+		}
 	}
 	return printSample(c.sample(m))
 }

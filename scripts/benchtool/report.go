@@ -68,10 +68,19 @@ type rowSpec struct {
 var rows = []rowSpec{
 	{"upload_gbps", "upload, 1 stream, Gbit/s ↑", 2},
 	{"upload_cpu_s_per_gb", "upload, 1 stream: CPU-s per GB ↓", 2},
+	{"upload_cpu_kernel_s_per_gb", "upload, 1 stream: … of which in the kernel (--perf) ↓", 2},
+	{"upload_cpu_crypto_s_per_gb", "upload, 1 stream: … in the cipher (--perf) ↓", 2},
+	{"upload_cpu_other_s_per_gb", "upload, 1 stream: … elsewhere in user space (--perf) ↓", 2},
 	{"download_gbps", "download, 1 stream, Gbit/s ↑", 2},
 	{"download_cpu_s_per_gb", "download, 1 stream: CPU-s per GB ↓", 2},
+	{"download_cpu_kernel_s_per_gb", "download, 1 stream: … of which in the kernel (--perf) ↓", 2},
+	{"download_cpu_crypto_s_per_gb", "download, 1 stream: … in the cipher (--perf) ↓", 2},
+	{"download_cpu_other_s_per_gb", "download, 1 stream: … elsewhere in user space (--perf) ↓", 2},
 	{"parallel_gbps", "upload, 4 streams (sum), Gbit/s ↑", 2},
 	{"parallel_cpu_s_per_gb", "upload, 4 streams: CPU-s per GB ↓", 2},
+	{"parallel_cpu_kernel_s_per_gb", "upload, 4 streams: … of which in the kernel (--perf) ↓", 2},
+	{"parallel_cpu_crypto_s_per_gb", "upload, 4 streams: … in the cipher (--perf) ↓", 2},
+	{"parallel_cpu_other_s_per_gb", "upload, 4 streams: … elsewhere in user space (--perf) ↓", 2},
 	{"iperf3_up_gbps", "iperf3 upload, Gbit/s ↑", 2},
 	{"iperf3_up_cpu_s_per_gb", "iperf3 upload: CPU-s per GB ↓", 2},
 	{"iperf3_down_gbps", "iperf3 -R download, Gbit/s ↑", 2},
@@ -215,7 +224,7 @@ func ratioPaths(paths []string) []string {
 }
 
 // paramOrder lists the known --param keys in the order the header shows them.
-var paramOrder = []string{"rows", "bytes", "stall-bytes", "stall-pairs", "conns", "iperf3-time", "clients", "parallel-time", "rtt", "rtt-link", "rtt-conns", "topology", "hub-limits", "load"}
+var paramOrder = []string{"rows", "bytes", "perf", "stall-bytes", "stall-pairs", "conns", "iperf3-time", "clients", "parallel-time", "rtt", "rtt-link", "rtt-conns", "topology", "hub-limits", "load"}
 
 func writeTable(w io.Writer, r Results, jsonFile string) {
 	fmt.Fprintf(w, "## dsproxy benchmarks, %s\n\n", r.Date)
