@@ -234,7 +234,7 @@ fi
 
 if [[ -n $PERF ]]; then
 	command -v perf >/dev/null || die "--perf: perf is not installed (Debian: apt-get install -y linux-perf)"
-	perf record -q -o "$WORK/perf-check.data" -- true >"$LOGS/perf-check.log" 2>&1 ||
+	perf record -q -a -o "$WORK/perf-check.data" -- true >"$LOGS/perf-check.log" 2>&1 ||
 		die "--perf: perf cannot record here (root, or sysctl kernel.perf_event_paranoid=1): $(tail -n 2 "$LOGS/perf-check.log")"
 fi
 
