@@ -59,7 +59,8 @@
 # Needs: bash, coreutils, Go, OpenSSH (sshd, ssh, ssh-keygen) for the ssh path,
 # python3 or perl to ask the kernel for free ports; iperf3 for the iperf3
 # row (installed with apt-get when missing and root); root and iproute2 for
-# the rtt row. A row whose tools are missing is skipped with a note.
+# the rtt row; perf and root for --perf. A row whose tools are missing is
+# skipped with a note; --perf without perf stops the run.
 set -euo pipefail
 
 ALL_ROWS=(upload download parallel iperf3 setup setup-parallel stall rtt)
