@@ -135,36 +135,30 @@ func newMetrics(s *Server) *metrics {
 	gauge := func(name, help string, f func() int) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(name, help)), func() float64 { return float64(f()) })
 	}
+	// handshakeCounter reads a count of the TLS handshake admission
+	// (handshake.go); 0 before Run starts it.
+	handshakeCounter := func(name, help string, f func(*handshakeListener) float64) prometheus.CounterFunc {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts(opts(name, help)), func() float64 {
+			if hl := s.handshakes.Load(); hl != nil {
+				return f(hl)
+			}
+			return 0
+		})
+	}
 	m.reg.MustRegister(
 		m.started, m.ended, m.bytes, m.handshake, m.initiate, m.rejected, m.controlSess, m.routed,
-		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("tls_handshakes_refused_total",
-			"TLS handshakes refused because they waited too long for a slot (the hub was busy with others, as in a reconnect storm); clients retry.")), func() float64 {
-			if hl := s.handshakes.Load(); hl != nil {
-				return float64(hl.shed.Load())
-			}
-			return 0
-		}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("tls_handshakes_full_total",
-			"TLS handshakes done with a full key exchange and the hub's certificate.")), func() float64 {
-			if hl := s.handshakes.Load(); hl != nil {
-				return float64(hl.full.Load())
-			}
-			return 0
-		}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("tls_handshakes_resumed_total",
-			"TLS handshakes that resumed a session from a ticket (no certificate): after a restart, the fleet's reconnects should be these.")), func() float64 {
-			if hl := s.handshakes.Load(); hl != nil {
-				return float64(hl.resumed.Load())
-			}
-			return 0
-		}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("tls_handshake_wait_seconds_total",
-			"Time the admitted TLS handshakes waited for a slot, summed.")), func() float64 {
-			if hl := s.handshakes.Load(); hl != nil {
-				return time.Duration(hl.waited.Load()).Seconds()
-			}
-			return 0
-		}),
+		handshakeCounter("tls_handshakes_refused_total",
+			"TLS handshakes refused because they waited too long for a slot (the hub was busy with others, as in a reconnect storm); clients retry.",
+			func(hl *handshakeListener) float64 { return float64(hl.shed.Load()) }),
+		handshakeCounter("tls_handshakes_full_total",
+			"TLS handshakes done with a full key exchange and the hub's certificate.",
+			func(hl *handshakeListener) float64 { return float64(hl.full.Load()) }),
+		handshakeCounter("tls_handshakes_resumed_total",
+			"TLS handshakes that resumed a session from a ticket (no certificate): after a restart, the fleet's reconnects should be these.",
+			func(hl *handshakeListener) float64 { return float64(hl.resumed.Load()) }),
+		handshakeCounter("tls_handshake_wait_seconds_total",
+			"Time the admitted TLS handshakes waited for a slot, summed.",
+			func(hl *handshakeListener) float64 { return time.Duration(hl.waited.Load()).Seconds() }),
 		gauge("tls_handshakes_in_progress", "TLS handshakes running now; at most a few per core run at once, the rest wait for a slot.", func() int {
 			if hl := s.handshakes.Load(); hl != nil {
 				return len(hl.slots)
