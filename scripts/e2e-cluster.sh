@@ -268,8 +268,25 @@ banner_ok() {
 # 2.5 MB/s, so that the transfer does not take the CPU the timings need. The
 # loop ends when a write fails (head dies of SIGPIPE once the session is
 # gone); a loop that went on regardless outlived the test under init.
+# The command carries this run's work directory, so that paced_gone finds
+# this run's senders and no one else's.
 start_paced() {
-	start_transfer "$1" "$2" "$3" 'while head -c 262144 /dev/zero; do sleep 0.1; done'
+	start_transfer "$1" "$2" "$3" "while head -c 262144 /dev/zero; do sleep 0.1; done # paced $WORK"
+}
+
+# paced_gone: no paced sender of this run is left on the device side.
+paced_gone() { ! pgrep -f "# paced $WORK\$" >/dev/null; }
+
+# stop_paced NAME: stops the paced transfer NAME and checks that its sender
+# on the device side ended with the session.
+stop_paced() {
+	stop_proc "$1" "$TRANSFER_PID" || true
+	wait "$TRANSFER_WRAPPER" 2>/dev/null || true
+	if wait_for "$1: the sender on the device side to end" 5 "" paced_gone; then
+		pass "${1#ssh-} the paced sender on the device side ended with its session"
+	else
+		fail "${1#ssh-} the paced sender on the device side outlived its session: $(pgrep -fa "# paced $WORK\$" | head -n 2)"
+	fi
 }
 
 log "c: kill -9 of a NATS node while a transfer runs"
@@ -324,8 +341,7 @@ else
 		fi
 	done
 fi
-stop_proc ssh-c "$TRANSFER_PID" || true
-wait "$TRANSFER_WRAPPER" 2>/dev/null || true
+stop_paced ssh-c
 
 # ---------------------------------------------------------------- d: replica B dies
 
@@ -425,8 +441,7 @@ else
 		fi
 	fi
 fi
-stop_proc ssh-e "$TRANSFER_PID" || true
-wait "$TRANSFER_WRAPPER" 2>/dev/null || true
+stop_paced ssh-e
 
 SUMMARY="; new stream ${C_SECS:-?}s after a NATS node died; device back ${D_SECS:-?}s (streams ${D_STREAM_SECS:-?}s) after its replica died; streams ${E_SECS:-?}s after PostgreSQL was back"
 log "200 concurrent reconnects of one device: see hub/cluster_test.go TestClusterNewestSessionWins (go test ./hub)"
